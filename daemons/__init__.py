@@ -1,0 +1,1 @@
+"""Daemons of the reference application, each runnable as a console entry point."""

@@ -1,0 +1,77 @@
+"""The orders daemon: records placed orders and captured payments.
+
+Run it with ``microbus-orders-daemon --sqs-queue-url URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from microbus import ConsumerDaemon, handles
+from microbus.topology import Queue, Subscription, Topology
+from schemas import OrderPlaced, PaymentCaptured
+
+logger = logging.getLogger(__name__)
+
+
+class OrderBook:
+    """In-memory record of what the daemon handled (a stand-in for a database)."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.payments: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def place(self, content: dict[str, Any]) -> None:
+        with self._lock:
+            self.orders[content["order_id"]] = content
+
+    def capture(self, order_id: str, amount_cents: int) -> None:
+        with self._lock:
+            self.payments[order_id] = self.payments.get(order_id, 0) + amount_cents
+
+
+order_book = OrderBook()
+
+
+@handles(OrderPlaced)
+def handle_order_placed(content: dict[str, Any]) -> bool:
+    """Record a placed order."""
+    order_book.place(content)
+    return True
+
+
+@handles(PaymentCaptured)
+def handle_payment_captured(content: dict[str, Any]) -> bool:
+    """Record a captured payment."""
+    order_book.capture(content["order_id"], content["amount_cents"])
+    return True
+
+
+class OrdersDaemon(ConsumerDaemon):
+    """Consumes the orders queue."""
+
+    name = "orders"
+    media_types = (OrderPlaced, PaymentCaptured)
+
+
+TOPOLOGY = Topology(
+    topics=("orders",),
+    queues=(
+        Queue(
+            name="orders",
+            visibility_timeout_s=30,
+            max_receive_count=5,
+            subscriptions=(
+                Subscription(topic="orders", media_types=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),
+            ),
+        ),
+    ),
+)
+
+main = OrdersDaemon.main
+
+if __name__ == "__main__":
+    main()

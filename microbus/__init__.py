@@ -1,0 +1,77 @@
+"""microbus: media-typed SNS/SQS publish/subscribe for Python services."""
+
+from microbus.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
+from microbus.daemon import ConsumerDaemon
+from microbus.dispatch import Action, Outcome, Result, RetryPolicy, SQSMessageDispatcher, compute_backoff
+from microbus.errors import (
+    CodecError,
+    ConfigurationError,
+    DecodeError,
+    EndpointUnreachableError,
+    IgnoreMessage,
+    MessageTooLargeError,
+    MessageValidationError,
+    MicrobusError,
+    Nack,
+    PublishError,
+    QueueNotFoundError,
+    SkipMessage,
+    TopicNotDefinedError,
+    TopicNotFoundError,
+    TransientTransportError,
+    TransportError,
+)
+from microbus.message import SQSMessage
+from microbus.producer import SNSProducer, TopicArns
+from microbus.registry import HandlerRegistry, SchemaRegistry, handles, schema
+from microbus.runtime import Worker
+from microbus.transport import AWSSettings, SNSTransport, SQSTransport
+
+__all__ = [
+    # codec
+    "PubSubMessageSchema",
+    "PubSubMessageCodec",
+    "schema",
+    "SchemaRegistry",
+    # transport
+    "AWSSettings",
+    "SNSTransport",
+    "SQSTransport",
+    # producer and consumer
+    "SNSProducer",
+    "TopicArns",
+    "SQSConsumer",
+    "SQSMessage",
+    "QueueInfo",
+    "BatchAcker",
+    # dispatch
+    "handles",
+    "HandlerRegistry",
+    "SQSMessageDispatcher",
+    "RetryPolicy",
+    "compute_backoff",
+    "Outcome",
+    "Action",
+    "Result",
+    # runtime
+    "Worker",
+    "ConsumerDaemon",
+    # errors and handler signals
+    "MicrobusError",
+    "ConfigurationError",
+    "TopicNotDefinedError",
+    "CodecError",
+    "DecodeError",
+    "MessageValidationError",
+    "MessageTooLargeError",
+    "TransportError",
+    "EndpointUnreachableError",
+    "TransientTransportError",
+    "QueueNotFoundError",
+    "TopicNotFoundError",
+    "PublishError",
+    "Nack",
+    "SkipMessage",
+    "IgnoreMessage",
+]

@@ -1,0 +1,113 @@
+"""Message schemas and the codec that turns content into wire JSON and back.
+
+The wire format is microcosm-pubsub 3.0.0's: a JSON object with the schema's fields plus
+``mediaType``, ``opaqueData`` (a string map) and optionally ``uri``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
+
+from microbus.errors import MalformedBodyError, MessageValidationError, SchemaViolationError
+
+DEFAULT_MEDIA_TYPE = "application/json"
+PUBLISHED_KEY = "x-request-published"
+REQUEST_ID_KEY = "x-request-id"
+
+
+class PubSubMessageSchema(Schema):
+    """Base schema of every message; subclasses set ``MEDIA_TYPE`` and declare their fields."""
+
+    MEDIA_TYPE: ClassVar[str] = DEFAULT_MEDIA_TYPE
+
+    mediaType = fields.String(attribute="media_type", required=True)
+    opaqueData = fields.Dict(attribute="opaque_data", required=False)
+    uri = fields.String(required=False, allow_none=True)
+
+
+def _describe(messages: Any) -> str:
+    """Turn marshmallow's error messages into one sentence naming the fields."""
+    if isinstance(messages, dict):
+        parts = []
+        for name, problem in sorted(messages.items()):
+            text = " ".join(str(p) for p in problem) if isinstance(problem, list) else _describe(problem)
+            parts.append(f"{name}: {text}")
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        return " ".join(str(m) for m in messages)
+    return str(messages)
+
+
+class PubSubMessageCodec:
+    """Encodes and decodes the messages of one schema."""
+
+    def __init__(self, schema: PubSubMessageSchema) -> None:
+        self.schema = schema
+        self.media_type = type(schema).MEDIA_TYPE
+
+    def encode(self, dct: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """Validate content and return the wire JSON.
+
+        Raises:
+            MessageValidationError: a field is missing or has the wrong type; the message names it.
+        """
+        content = dict(dct or {})
+        content.update(kwargs)
+        content.setdefault("media_type", self.media_type)
+        if content.get("uri") is None:
+            content.pop("uri", None)
+        try:
+            dumped = self.schema.dump(content)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise MessageValidationError(f"Invalid {self.media_type} message: {exc}") from exc
+        errors = self.schema.validate(dumped)
+        errors.update(self._type_errors(content))
+        if errors:
+            raise MessageValidationError(f"Invalid {self.media_type} message: {_describe(errors)}")
+        return json.dumps(dumped, separators=(",", ":"))
+
+    def _type_errors(self, content: dict[str, Any]) -> dict[str, Any]:
+        """Catch values that dump would coerce silently (an int given to a String field)."""
+        errors: dict[str, Any] = {}
+        for name, field in self.schema.fields.items():
+            key = field.attribute or name
+            value = content.get(key)
+            if value is None or field.dump_only:
+                continue
+            if isinstance(field, fields.String) and not isinstance(value, str):
+                errors[field.data_key or name] = [f"Not a valid string: {type(value).__name__}."]
+        return errors
+
+    def decode(self, message: str | dict[str, Any]) -> dict[str, Any]:
+        """Load wire JSON (or an already parsed dict) into content.
+
+        Raises:
+            MalformedBodyError: the text is not a JSON object.
+            SchemaViolationError: the object does not validate; the message names the fields.
+        """
+        dct = parse_json_object(message) if isinstance(message, str) else message
+        try:
+            loaded: dict[str, Any] = self.schema.load(dct, unknown=EXCLUDE)
+        except ValidationError as exc:
+            raise SchemaViolationError(
+                f"{self.media_type} message does not match its schema: {_describe(exc.messages)}"
+            ) from exc
+        return loaded
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """Parse text that must hold a JSON object.
+
+    Raises:
+        MalformedBodyError: it is not JSON, or not an object.
+    """
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise MalformedBodyError(f"Message body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise MalformedBodyError(f"Message body is JSON but not an object: {type(value).__name__}")
+    return value

@@ -1,0 +1,238 @@
+"""SQS consumer: receive and decode messages, ack (delete), nack, release, dead-letter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from microcosm.api import defaults
+
+from microbus.errors import ConfigurationError, TransportError
+from microbus.message import SQSMessage, decode_raw_message
+from microbus.registry import SchemaRegistry
+from microbus.transport import MAX_BATCH, SQSTransport
+
+if TYPE_CHECKING:
+    from microcosm.object_graph import ObjectGraph
+
+logger = logging.getLogger(__name__)
+
+_ATTRIBUTE_TEXT_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """What the consumer needs to know of its queue's live settings."""
+
+    visibility_timeout_seconds: int
+    dead_letter_queue_arn: str | None
+    max_receive_count: int | None
+
+    @classmethod
+    def from_attributes(cls, attributes: dict[str, str]) -> QueueInfo:
+        """Build from GetQueueAttributes output."""
+        redrive = json.loads(attributes.get("RedrivePolicy") or "{}")
+        max_receive_count = redrive.get("maxReceiveCount")
+        return cls(
+            visibility_timeout_seconds=int(attributes.get("VisibilityTimeout", 30)),
+            dead_letter_queue_arn=redrive.get("deadLetterTargetArn"),
+            max_receive_count=int(max_receive_count) if max_receive_count is not None else None,
+        )
+
+
+class SQSConsumer:
+    """Consumes one SQS queue.
+
+    Parameters:
+        transport: the queue's transport.
+        schema_registry: finds the schema of each media type.
+        limit: messages per receive (≤ 10).
+        wait_seconds: long-poll wait.
+        dead_letter_queue_url: where poison messages go; by default the queue's redrive target.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: SQSTransport,
+        schema_registry: SchemaRegistry,
+        limit: int = MAX_BATCH,
+        wait_seconds: int = 5,
+        dead_letter_queue_url: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.schema_registry = schema_registry
+        self.limit = limit
+        self.wait_seconds = wait_seconds
+        self._dead_letter_queue_url = dead_letter_queue_url
+        self._dead_letter_transport: SQSTransport | None = None
+        self._queue_info: QueueInfo | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def queue_url(self) -> str:
+        """The URL of the consumed queue."""
+        return self.transport.queue_url
+
+    def consume(self, limit: int | None = None) -> list[SQSMessage]:
+        """Receive and decode up to ``limit`` messages (possibly none).
+
+        Messages that cannot be decoded are returned too, with ``content`` None and ``error`` set,
+        so that one bad message never holds up the rest of its batch.
+
+        Raises:
+            TransportError: the queue could not be reached or does not exist.
+        """
+        raw_messages = self.transport.receive(max_messages=limit or self.limit, wait_time_seconds=self.wait_seconds)
+        return [decode_raw_message(raw, schema_registry=self.schema_registry, consumer=self) for raw in raw_messages]
+
+    def queue_info(self) -> QueueInfo:
+        """The queue's live settings (read once, then cached)."""
+        with self._lock:
+            if self._queue_info is None:
+                self._queue_info = QueueInfo.from_attributes(self.transport.get_attributes())
+            return self._queue_info
+
+    def ack(self, message: SQSMessage) -> None:
+        """Delete one message."""
+        self.ack_many([message])
+
+    def ack_many(self, messages: Sequence[SQSMessage]) -> list[SQSMessage]:
+        """Delete messages in batches of 10; return those that could not be deleted."""
+        failed = set(self.transport.delete_batch([m.receipt_handle for m in messages]))
+        return [m for m in messages if m.receipt_handle in failed]
+
+    def nack(self, message: SQSMessage, visibility_timeout_seconds: int = 0) -> None:
+        """Make a message visible again after ``visibility_timeout_seconds``."""
+        self.transport.change_visibility(message.receipt_handle, visibility_timeout_seconds)
+
+    def release(self, messages: Sequence[SQSMessage]) -> None:
+        """Return received-but-unstarted messages to the queue at once (visibility 0)."""
+        if messages:
+            self.transport.change_visibility_batch([(m.receipt_handle, 0) for m in messages])
+
+    def dead_letter_queue_url(self) -> str | None:
+        """The dead-letter queue's URL: configured, or the queue's redrive target, or None."""
+        if self._dead_letter_queue_url is None:
+            arn = self.queue_info().dead_letter_queue_arn
+            if arn is not None:
+                self._dead_letter_queue_url = self.transport.queue_url_of_arn(arn)
+        return self._dead_letter_queue_url
+
+    def dead_letter(self, message: SQSMessage, *, reason: str, error: BaseException | None, source: str) -> bool:
+        """Send a copy of the message, with the reason attached, to the DLQ, then delete the original.
+
+        Returns False (and leaves the message alone) when there is no dead-letter queue.
+
+        Raises:
+            TransportError: the copy could not be sent; the original is then not deleted.
+        """
+        url = self.dead_letter_queue_url()
+        if url is None:
+            return False
+        if self._dead_letter_transport is None:
+            self._dead_letter_transport = self.transport.for_queue(url)
+        self._dead_letter_transport.send(message.body, dead_letter_attributes(message, reason, error, source))
+        self.ack(message)
+        return True
+
+
+def dead_letter_attributes(
+    message: SQSMessage, reason: str, error: BaseException | None, source: str
+) -> dict[str, Any]:
+    """Message attributes that carry why a message was dead-lettered (at most 10)."""
+
+    def text(value: str) -> dict[str, str]:
+        return {"DataType": "String", "StringValue": value[:_ATTRIBUTE_TEXT_LIMIT] or "-"}
+
+    attributes = {
+        "microbus.reason": text(reason),
+        "microbus.error_class": text(type(error).__name__ if error else "-"),
+        "microbus.error_message": text(str(error) if error else "-"),
+        "microbus.daemon": text(source),
+        "microbus.dead_lettered_at": text(datetime.now(UTC).isoformat()),
+        "microbus.receive_count": {"DataType": "Number", "StringValue": str(message.approximate_receive_count)},
+        "microbus.source_message_id": text(message.message_id),
+    }
+    if message.media_type:
+        attributes["media_type"] = text(message.media_type)
+    return attributes
+
+
+class BatchAcker:
+    """Collects acks and deletes them in batches of up to 10, from a background thread.
+
+    A batch is sent when 10 acks are pending or ``max_delay_s`` after the first one, and at
+    :meth:`close`.
+    """
+
+    def __init__(self, consumer: SQSConsumer, *, max_delay_s: float = 0.05) -> None:
+        self.consumer = consumer
+        self.max_delay_s = max_delay_s
+        self._pending: list[SQSMessage] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="microbus-acker", daemon=True)
+        self._thread.start()
+
+    def ack(self, message: SQSMessage) -> None:
+        """Queue a message for deletion."""
+        with self._cond:
+            self._pending.append(message)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Flush what is pending and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _take(self) -> list[SQSMessage] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            if len(self._pending) < MAX_BATCH and not self._closed:
+                self._cond.wait_for(lambda: len(self._pending) >= MAX_BATCH or self._closed, self.max_delay_s)
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                failed = self.consumer.ack_many(batch)
+            except TransportError as exc:
+                logger.warning("Could not delete %d messages (they will be redelivered): %s", len(batch), exc)
+                self.failed += len(batch)
+                continue
+            for message in failed:
+                logger.warning("Could not delete message %r (it will be redelivered)", message.message_id)
+            self.failed += len(failed)
+
+
+@defaults(
+    sqs_queue_url=None,
+    limit=MAX_BATCH,
+    wait_seconds=5,
+    dead_letter_queue_url=None,
+)
+def configure_sqs_consumer(graph: ObjectGraph) -> SQSConsumer:
+    """microcosm factory: ``graph.sqs_consumer``, reading the ``sqs_consumer`` config section."""
+    config = graph.config.sqs_consumer
+    if not config.sqs_queue_url:
+        raise ConfigurationError("No SQS queue configured: set sqs_consumer.sqs_queue_url (--sqs-queue-url)")
+    return SQSConsumer(
+        transport=SQSTransport(client=graph.sqs_client, queue_url=config.sqs_queue_url),
+        schema_registry=graph.pubsub_message_schema_registry,
+        limit=int(config.limit),
+        wait_seconds=int(config.wait_seconds),
+        dead_letter_queue_url=config.dead_letter_queue_url or None,
+    )

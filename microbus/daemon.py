@@ -1,0 +1,137 @@
+"""ConsumerDaemon: a named daemon that builds its object graph and runs a :class:`Worker`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import click
+from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
+from microcosm.object_graph import ObjectGraph
+
+from microbus.codecs import PubSubMessageSchema
+from microbus.errors import MicrobusError
+from microbus.registry import media_type_of
+from microbus.runtime import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class ConsumerDaemon:
+    """Base class of consumer daemons; subclasses set ``name`` and import their handlers.
+
+    ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them).
+    Configuration comes from ``defaults``, then the environment (microcosm's ``NAME__SECTION__KEY``),
+    then the keyword overrides given to the constructor (the command line).
+    """
+
+    name: ClassVar[str] = ""
+    media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
+
+    def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
+        if not self.name:
+            raise MicrobusError(f"{type(self).__qualname__} must set a name")
+        self.debug = debug
+        self.testing = testing
+        self.overrides = overrides
+        self._graph: ObjectGraph | None = None
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Configuration defaults of this daemon (override to add your own)."""
+        media_types = None if self.media_types is None else [media_type_of(m) for m in self.media_types]
+        return {"sqs_message_handler_registry": {"media_types": media_types}}
+
+    @property
+    def graph(self) -> ObjectGraph:
+        """The daemon's object graph, created on first use."""
+        if self._graph is None:
+            self._graph = self.create_object_graph()
+        return self._graph
+
+    def create_object_graph(self) -> ObjectGraph:
+        """Create the graph from defaults, environment and overrides."""
+        loader = load_each(load_from_dict(self.defaults), load_from_environ, load_from_dict(self.overrides))
+        graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
+        graph.use("sqs_consumer", "sqs_message_dispatcher")
+        return graph
+
+    def create_worker(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> Worker:
+        """Build the worker that runs this daemon's queue."""
+        return Worker(
+            consumer=self.graph.sqs_consumer,
+            dispatcher=self.graph.sqs_message_dispatcher,
+            concurrency=concurrency,
+            grace_period_s=grace_period_s,
+        )
+
+    @classmethod
+    def main(cls) -> None:
+        """Console entry point: parse the command line and run."""
+        daemon_command(cls)()
+
+    def run(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> None:
+        """Run until SIGTERM/SIGINT, then shut down gracefully."""
+        worker = self.create_worker(concurrency=concurrency, grace_period_s=grace_period_s)
+        logger.info("%s consuming %s with %d handler threads", self.name, worker.consumer.queue_url, worker.concurrency)
+        worker.run()
+        logger.info("%s stopped: %s", self.name, worker.stats.outcomes)
+
+
+def daemon_overrides(sqs_queue_url: str | None, endpoint_url: str | None, wait_seconds: int | None) -> dict[str, Any]:
+    """Command-line options as graph config overrides."""
+    overrides: dict[str, Any] = {}
+    if sqs_queue_url:
+        overrides["sqs_consumer"] = {"sqs_queue_url": sqs_queue_url}
+    if wait_seconds is not None:
+        overrides.setdefault("sqs_consumer", {})["wait_seconds"] = wait_seconds
+    if endpoint_url:
+        overrides["aws"] = {"endpoint_url": endpoint_url}
+    return overrides
+
+
+def daemon_options(function: Any) -> Any:
+    """The options every daemon command takes."""
+    options = [
+        click.option("--sqs-queue-url", envvar="MICROBUS_SQS_QUEUE_URL", help="Queue to consume."),
+        click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators)."),
+        click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True),
+        click.option("--wait-seconds", type=click.IntRange(0, 20), default=None, help="Long-poll wait."),
+        click.option("--grace-period", type=float, default=30.0, show_default=True, help="Seconds to finish."),
+        click.option("--debug", is_flag=True, help="Debug logging."),
+        click.option("--testing", is_flag=True, help="Testing mode of the object graph."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
+    """Configure logging, build the daemon from command-line options and run it; clear errors, no tracebacks."""
+    logging.basicConfig(
+        level=logging.DEBUG if options["debug"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if options["debug"]:
+        for noisy in ("botocore", "boto3", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.INFO)
+    overrides = daemon_overrides(options["sqs_queue_url"], options["endpoint_url"], options["wait_seconds"])
+    try:
+        daemon = cls(debug=options["debug"], testing=options["testing"], **overrides)
+        daemon.run(concurrency=options["concurrency"], grace_period_s=options["grace_period"])
+    except MicrobusError as exc:
+        click.echo(f"{cls.name}: {exc}", err=True)
+        sys.exit(2)
+
+
+def daemon_command(cls: type[ConsumerDaemon]) -> click.Command:
+    """A click command that runs ``cls``."""
+
+    @click.command(name=cls.name, help=cls.__doc__)
+    @daemon_options
+    def command(**options: Any) -> None:
+        run_daemon(cls, **options)
+
+    return command

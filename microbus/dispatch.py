@@ -1,0 +1,250 @@
+"""Dispatch: call the handler of a message and turn the outcome into a value, then apply it.
+
+:meth:`SQSMessageDispatcher.handle` never touches the queue; :meth:`SQSMessageDispatcher.apply`
+is the one place where an outcome becomes an ack, a retry or a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from microcosm.api import defaults
+
+from microbus.errors import DecodeError, IgnoreMessage, Nack, NoHandlerError, SkipMessage, TransportError
+from microbus.message import SQSMessage
+from microbus.registry import HandlerRegistry
+
+if TYPE_CHECKING:
+    from microcosm.object_graph import ObjectGraph
+
+    from microbus.consumer import SQSConsumer
+
+logger = logging.getLogger(__name__)
+
+
+class Action(Enum):
+    """What happens to a message on the queue."""
+
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead-letter"
+
+
+class Outcome(Enum):
+    """How handling a message ended; each member carries its log level and its action."""
+
+    SUCCEEDED = ("SUCCEEDED", logging.INFO, Action.ACK)
+    SKIPPED = ("SKIPPED", logging.INFO, Action.ACK)
+    IGNORED = ("IGNORED", logging.DEBUG, Action.ACK)
+    RETRIED = ("RETRIED", logging.INFO, Action.RETRY)
+    FAILED = ("FAILED", logging.WARNING, Action.RETRY)
+    EXPIRED = ("EXPIRED", logging.WARNING, Action.DEAD_LETTER)
+    REJECTED = ("REJECTED", logging.WARNING, Action.DEAD_LETTER)
+
+    def __init__(self, label: str, level: int, action: Action) -> None:
+        self.label = label
+        self.level = level
+        self.action = action
+
+
+@dataclass
+class Result:
+    """The outcome of handling one message."""
+
+    outcome: Outcome
+    media_type: str | None
+    message_id: str
+    receive_count: int
+    elapsed_s: float = 0.0
+    retry_after_s: int = 0
+    reason: str | None = None
+    error: BaseException | None = None
+    response: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def compute_backoff(
+    *, attempt: int, base_s: float, max_s: float, jitter: bool = True, rand: Callable[[], float] = random.random
+) -> int:
+    """Seconds until a failed message is retried: ``base_s * 2**(attempt-1)``, capped, with full jitter.
+
+    The result is at least 1 second and at most ``max_s`` (≤ 12 h, SQS's visibility limit).
+    """
+    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1), 43_200)
+    delay = ceiling * rand() if jitter else ceiling
+    return max(1, int(round(delay)))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to retry and when to give up.
+
+    ``max_attempts`` None means: take the queue's redrive ``maxReceiveCount``, else ``default_max_attempts``.
+    """
+
+    base_s: float = 1.0
+    max_s: float = 300.0
+    jitter: bool = True
+    max_attempts: int | None = None
+    default_max_attempts: int = 5
+
+    def backoff(self, attempt: int) -> int:
+        """Seconds before retry number ``attempt``."""
+        return compute_backoff(attempt=attempt, base_s=self.base_s, max_s=self.max_s, jitter=self.jitter)
+
+
+class SQSMessageDispatcher:
+    """Calls handlers and applies their outcomes.
+
+    Parameters:
+        handler_registry: media type → handler.
+        retry_policy: backoff and attempt limit.
+        source: the daemon's name, recorded on dead letters.
+        skip_unknown_media_types: ack (IGNORED) messages this daemon has no handler/schema for,
+            for queues that carry several services' messages; otherwise they are dead-lettered.
+        delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
+            leaving them to the queue's redrive policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        handler_registry: HandlerRegistry,
+        retry_policy: RetryPolicy | None = None,
+        source: str = "microbus",
+        skip_unknown_media_types: bool = False,
+        delete_undeliverable: bool = False,
+    ) -> None:
+        self.handler_registry = handler_registry
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.source = source
+        self.skip_unknown_media_types = skip_unknown_media_types
+        self.delete_undeliverable = delete_undeliverable
+
+    def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
+        """Call the message's handler and return the outcome; never raises for handler errors."""
+        started = time.monotonic()
+        result = self._invoke(message)
+        result.elapsed_s = time.monotonic() - started
+        limit = max_attempts or self.retry_policy.max_attempts or self.retry_policy.default_max_attempts
+        if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
+            result.outcome = Outcome.EXPIRED
+            result.reason = "max-attempts"
+        if result.outcome.action is Action.RETRY and not result.retry_after_s:
+            result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
+        return result
+
+    def _invoke(self, message: SQSMessage) -> Result:
+        def result(outcome: Outcome, **kwargs: Any) -> Result:
+            return Result(outcome, message.media_type, message.message_id, message.approximate_receive_count, **kwargs)
+
+        error = message.error
+        handler = self.handler_registry.find(message.media_type) if message.media_type else None
+        if error is None and handler is None:
+            error = NoHandlerError(f"No handler for media type {message.media_type!r}")
+        if error is not None:
+            return self._reject(result, error)
+        assert handler is not None and message.content is not None
+        try:
+            response = handler(message.content)
+        except Nack as exc:
+            return result(
+                Outcome.RETRIED, retry_after_s=exc.visibility_timeout_seconds or 0, error=exc, extra=exc.extra
+            )
+        except SkipMessage as exc:
+            return result(Outcome.SKIPPED, reason=str(exc), extra=exc.extra)
+        except IgnoreMessage as exc:
+            return result(Outcome.IGNORED, reason=str(exc), extra=exc.extra)
+        except Exception as exc:
+            return result(Outcome.FAILED, reason="handler-error", error=exc)
+        return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)
+
+    def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
+        unknown = error.reason in ("unknown-media-type", "no-handler")
+        if unknown and self.skip_unknown_media_types:
+            return result(Outcome.IGNORED, reason=error.reason)  # type: ignore[no-any-return]
+        return result(Outcome.REJECTED, reason=error.reason, error=error)  # type: ignore[no-any-return]
+
+    def apply(
+        self, result: Result, message: SQSMessage, *, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
+    ) -> None:
+        """Act on the queue: ack via ``ack`` (batched by the caller), retry later, or dead-letter.
+
+        Transport errors are logged, not raised: the message then reappears after its visibility timeout.
+        """
+        self.log(result)
+        try:
+            if result.outcome.action is Action.ACK:
+                ack(message)
+            elif result.outcome.action is Action.RETRY:
+                consumer.nack(message, result.retry_after_s)
+            elif not consumer.dead_letter(
+                message, reason=result.reason or "rejected", error=result.error, source=self.source
+            ):
+                self._without_dead_letter_queue(result, message, consumer, ack)
+        except TransportError as exc:
+            logger.warning("Could not %s message %r: %s", result.outcome.action.value, message.message_id, exc)
+
+    def _without_dead_letter_queue(
+        self, result: Result, message: SQSMessage, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
+    ) -> None:
+        if self.delete_undeliverable:
+            logger.error("Deleting undeliverable message %r (no DLQ): %s", message.message_id, result.reason)
+            ack(message)
+            return
+        delay = self.retry_policy.backoff(message.approximate_receive_count)
+        logger.error(
+            "Message %r cannot be handled (%s) and the queue has no DLQ: left to the queue's redrive policy",
+            message.message_id,
+            result.reason,
+        )
+        consumer.nack(message, delay)
+
+    def log(self, result: Result) -> None:
+        """One line per message outcome, at the outcome's level; never the body."""
+        logger.log(
+            result.outcome.level,
+            "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s",
+            result.outcome.label,
+            result.media_type,
+            result.message_id,
+            result.receive_count,
+            result.elapsed_s,
+            f" reason={result.reason}" if result.reason else "",
+            f" error={type(result.error).__name__}: {result.error}" if result.error else "",
+        )
+
+
+@defaults(
+    backoff_base_s=1.0,
+    backoff_max_s=300.0,
+    max_attempts=None,
+    skip_unknown_media_types=False,
+    delete_undeliverable=False,
+)
+def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher:
+    """microcosm factory: ``graph.sqs_message_dispatcher``."""
+    config = graph.config.sqs_message_dispatcher
+    return SQSMessageDispatcher(
+        handler_registry=graph.sqs_message_handler_registry,
+        retry_policy=RetryPolicy(
+            base_s=float(config.backoff_base_s),
+            max_s=float(config.backoff_max_s),
+            max_attempts=int(config.max_attempts) if config.max_attempts else None,
+        ),
+        source=graph.metadata.name,
+        skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
+        delete_undeliverable=_truthy(config.delete_undeliverable),
+    )
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,163 @@
+"""The embedded emulator: a moto server on 127.0.0.1, started and stopped by microbus.
+
+The server runs in a child process (its own interpreter, so it does not compete with the
+daemon for the GIL) and exits when its parent does: it watches its stdin, which the parent holds.
+Needs the ``local`` extra (``pip install 'microbus[local]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from types import TracebackType
+from typing import Any
+
+from microbus.errors import ConfigurationError
+from microbus.transport import AWSSettings
+
+# Emulator-only placeholders: moto accepts any key; these are not credentials.
+EMULATOR_KEY_ID = "testing"
+EMULATOR_SECRET = "testing"  # noqa: S105
+EMULATOR_REGION = "us-east-1"
+
+
+class Endpoint:
+    """An emulator endpoint: AWS settings, graph config and child-process environment pointing at it."""
+
+    kind = "external"
+
+    def __init__(self, endpoint_url: str | None = None) -> None:
+        self.endpoint_url = endpoint_url
+
+    def settings(self) -> AWSSettings:
+        """AWS settings that point at this emulator."""
+        if self.endpoint_url is None:
+            raise ConfigurationError("The embedded emulator is not started")
+        return AWSSettings(
+            endpoint_url=self.endpoint_url,
+            region_name=EMULATOR_REGION,
+            access_key_id=EMULATOR_KEY_ID,
+            secret_access_key=EMULATOR_SECRET,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The ``aws`` config section that points a microcosm graph at this emulator."""
+        settings = self.settings()
+        return {
+            "aws": {
+                "endpoint_url": settings.endpoint_url,
+                "region_name": settings.region_name,
+                "access_key_id": settings.access_key_id,
+                "secret_access_key": settings.secret_access_key,
+            }
+        }
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables that point a child process (a daemon) at this emulator."""
+        settings = self.settings()
+        assert settings.endpoint_url is not None
+        return {
+            "AWS_ENDPOINT_URL": settings.endpoint_url,
+            "AWS_DEFAULT_REGION": EMULATOR_REGION,
+            "AWS_ACCESS_KEY_ID": EMULATOR_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": EMULATOR_SECRET,
+        }
+
+
+class EmbeddedEmulator(Endpoint):
+    """A moto server on a free loopback port.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    kind = "moto"
+
+    def __init__(self, *, start_timeout_s: float = 30.0) -> None:
+        super().__init__()
+        self.start_timeout_s = start_timeout_s
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        """Start the server and return its endpoint URL once it answers.
+
+        Raises:
+            ConfigurationError: moto is not installed, or the server did not come up.
+        """
+        try:
+            import moto.server  # noqa: F401
+        except ImportError as exc:
+            raise ConfigurationError("The embedded emulator needs moto: pip install 'microbus[local]'") from exc
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "microbus.emulator"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "MOTO_CALL_RESET_API": "false"},
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.isdigit():
+            self.stop()
+            raise ConfigurationError(f"The embedded moto server did not start (it printed {line!r})")
+        self.endpoint_url = f"http://127.0.0.1:{line}"
+        self._wait_ready()
+        return self.endpoint_url
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ConfigurationError(f"The embedded moto server at {self.endpoint_url} did not answer in time")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self._process is not None:
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+    def __enter__(self) -> EmbeddedEmulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _serve() -> None:
+    """Child process: serve on a free loopback port, print it, exit when stdin closes."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    print(server.get_host_and_port()[1], flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,132 @@
+"""Errors raised by microbus, and the control-flow signals that handlers raise.
+
+One root, :class:`MicrobusError`, with a branch per layer: codec (decode/encode),
+transport (the wire), configuration. Handlers raise :class:`Nack`,
+:class:`SkipMessage` or :class:`IgnoreMessage` (names kept from microcosm-pubsub).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MicrobusError(Exception):
+    """Root of every error microbus raises."""
+
+
+class ConfigurationError(MicrobusError):
+    """Something in the configuration must be fixed."""
+
+
+class TopicNotDefinedError(ConfigurationError):
+    """No SNS topic is configured for a media type."""
+
+
+class CodecError(MicrobusError):
+    """A message could not be encoded or decoded."""
+
+
+class MessageValidationError(CodecError, ValueError):
+    """Content does not match the schema of its media type (raised before anything is sent)."""
+
+
+class MessageTooLargeError(CodecError, ValueError):
+    """An encoded message exceeds the SNS/SQS size limit (raised before anything is sent)."""
+
+
+class DecodeError(CodecError):
+    """A received message can never be handled: it goes to the dead-letter queue at once.
+
+    ``reason`` is a short machine-readable word carried with the dead letter.
+    """
+
+    reason = "undecodable"
+
+
+class MalformedBodyError(DecodeError):
+    """The SQS body (or the SNS ``Message`` inside it) is not a JSON object."""
+
+    reason = "malformed-body"
+
+
+class MissingMediaTypeError(DecodeError):
+    """The message has no ``mediaType``."""
+
+    reason = "missing-media-type"
+
+
+class UnknownMediaTypeError(DecodeError):
+    """No schema is registered for the message's media type."""
+
+    reason = "unknown-media-type"
+
+
+class SchemaViolationError(DecodeError):
+    """The message does not validate against the schema of its media type."""
+
+    reason = "schema-violation"
+
+
+class NoHandlerError(DecodeError):
+    """The message decoded, but this daemon has no handler for its media type."""
+
+    reason = "no-handler"
+
+
+class TransportError(MicrobusError):
+    """A call to SNS or SQS failed."""
+
+
+class EndpointUnreachableError(TransportError):
+    """The SNS/SQS endpoint could not be reached (connection refused, reset, DNS, timeout)."""
+
+
+class TransientTransportError(TransportError):
+    """Throttling or a server-side (5xx) error: the call may succeed when retried."""
+
+
+class QueueNotFoundError(TransportError, ConfigurationError):
+    """The SQS queue does not exist."""
+
+
+class TopicNotFoundError(TransportError, ConfigurationError):
+    """The SNS topic does not exist."""
+
+
+class PublishError(TransportError):
+    """Some messages of a batch were not published; ``failed`` maps entry index to the reason."""
+
+    def __init__(self, message: str, *, message_ids: list[str | None], failed: dict[int, str]) -> None:
+        super().__init__(message)
+        self.message_ids = message_ids
+        self.failed = failed
+
+
+class Nack(Exception):
+    """Raised by a handler: retry the message after ``visibility_timeout_seconds`` (None: the backoff)."""
+
+    def __init__(
+        self,
+        visibility_timeout_seconds: int | None = None,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.visibility_timeout_seconds = visibility_timeout_seconds
+        self.extra = extra or {}
+
+
+class SkipMessage(Exception):
+    """Raised by a handler: a precondition failed; ack the message and do not retry it."""
+
+    def __init__(self, reason: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.extra = extra or {}
+
+
+class IgnoreMessage(Exception):
+    """Raised by a handler: this message is not for us; ack it without counting it as handled."""
+
+    def __init__(self, reason: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.extra = extra or {}

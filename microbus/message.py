@@ -1,0 +1,109 @@
+"""A received SQS message, decoded, and the SNS envelope it may come in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from microbus.codecs import parse_json_object
+from microbus.errors import DecodeError, MalformedBodyError, MissingMediaTypeError
+
+if TYPE_CHECKING:
+    from microbus.consumer import SQSConsumer
+    from microbus.registry import SchemaRegistry
+
+
+@dataclass
+class SQSMessage:
+    """One received message.
+
+    ``content`` is the decoded message (schema fields plus ``media_type`` and ``opaque_data``); it is
+    None when the message could not be decoded, and then ``error`` says why.
+    """
+
+    consumer: SQSConsumer | None
+    message_id: str
+    receipt_handle: str
+    body: str
+    approximate_receive_count: int = 1
+    media_type: str | None = None
+    content: dict[str, Any] | None = None
+    error: DecodeError | None = None
+    topic_arn: str | None = None
+    message_attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def opaque_data(self) -> dict[str, Any]:
+        """The opaque data carried through the flow (request ids, publish time, …)."""
+        if self.content is None:
+            return {}
+        return dict(self.content.get("opaque_data") or {})
+
+    def ack(self) -> None:
+        """Delete the message from its queue."""
+        self._require_consumer().ack(self)
+
+    def nack(self, visibility_timeout_seconds: int = 0) -> None:
+        """Make the message visible again after ``visibility_timeout_seconds``."""
+        self._require_consumer().nack(self, visibility_timeout_seconds)
+
+    def _require_consumer(self) -> SQSConsumer:
+        if self.consumer is None:
+            raise RuntimeError("This message was not received through a consumer")
+        return self.consumer
+
+    def __enter__(self) -> SQSMessage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.ack()
+
+
+def unwrap_envelope(body: str) -> tuple[dict[str, Any], str | None]:
+    """Return the message object inside an SQS body, and the SNS topic ARN when enveloped.
+
+    Raw delivery puts the message itself in the body; a standard subscription wraps it in an SNS
+    notification whose ``Message`` holds the message as a JSON string.
+
+    Raises:
+        MalformedBodyError: the body, or the SNS ``Message`` in it, is not a JSON object.
+    """
+    outer = parse_json_object(body)
+    if outer.get("Type") == "Notification" and "TopicArn" in outer and "Message" in outer:
+        inner = outer["Message"]
+        if not isinstance(inner, str):
+            raise MalformedBodyError("SNS envelope's Message is not a string")
+        return parse_json_object(inner), outer.get("TopicArn")
+    return outer, None
+
+
+def decode_raw_message(
+    raw: dict[str, Any], *, schema_registry: SchemaRegistry, consumer: SQSConsumer | None = None
+) -> SQSMessage:
+    """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content."""
+    attributes = raw.get("Attributes", {})
+    message = SQSMessage(
+        consumer=consumer,
+        message_id=raw["MessageId"],
+        receipt_handle=raw["ReceiptHandle"],
+        body=raw.get("Body", ""),
+        approximate_receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
+        message_attributes=raw.get("MessageAttributes", {}),
+    )
+    try:
+        obj, message.topic_arn = unwrap_envelope(message.body)
+        media_type = obj.get("mediaType")
+        if not isinstance(media_type, str) or not media_type:
+            raise MissingMediaTypeError("Message has no mediaType")
+        message.media_type = media_type
+        message.content = schema_registry.find(media_type).decode(obj)
+    except DecodeError as exc:
+        message.error = exc
+    return message

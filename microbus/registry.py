@@ -1,0 +1,147 @@
+"""Registries: media type → schema (``@schema``) and media type → handler (``@handles``)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from microcosm.api import defaults
+
+from microbus.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.errors import ConfigurationError, UnknownMediaTypeError
+
+if TYPE_CHECKING:
+    from microcosm.object_graph import ObjectGraph
+
+Handler = Callable[[dict[str, Any]], Any]
+SchemaT = TypeVar("SchemaT", bound=type[PubSubMessageSchema])
+HandlerT = TypeVar("HandlerT")
+
+_schemas: dict[str, type[PubSubMessageSchema]] = {}
+_handlers: dict[str, Any] = {}
+
+
+def schema(cls: SchemaT) -> SchemaT:
+    """Register a schema class under its ``MEDIA_TYPE``.
+
+    Raises:
+        ConfigurationError: another schema class already claims that media type.
+    """
+    media_type = cls.MEDIA_TYPE
+    known = _schemas.get(media_type)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ConfigurationError(
+            f"Media type {media_type!r} is declared by both {known.__qualname__} and {cls.__qualname__}: "
+            "give one of them another MEDIA_TYPE."
+        )
+    _schemas[media_type] = cls
+    return cls
+
+
+def media_type_of(target: str | type[PubSubMessageSchema]) -> str:
+    """Return the media type named by a media type string or a schema class."""
+    if isinstance(target, str):
+        return target
+    return target.MEDIA_TYPE
+
+
+def handles(target: str | type[PubSubMessageSchema]) -> Callable[[HandlerT], HandlerT]:
+    """Register a function, or a class built from the graph, as the handler of a media type.
+
+    A class handler is constructed with the graph (``cls(graph)``) or, when it is a microcosm
+    ``@binding``, taken from the graph under its binding key.
+    """
+    media_type = media_type_of(target)
+    if not isinstance(target, str):
+        schema(target)
+
+    def decorator(handler: HandlerT) -> HandlerT:
+        _handlers[media_type] = handler
+        return handler
+
+    return decorator
+
+
+class SchemaRegistry:
+    """Finds the codec for a media type among the registered schemas."""
+
+    def __init__(self, schemas: dict[str, type[PubSubMessageSchema]] | None = None) -> None:
+        self._schemas = _schemas if schemas is None else schemas
+        self._codecs: dict[str, PubSubMessageCodec] = {}
+
+    def find(self, media_type: str) -> PubSubMessageCodec:
+        """Return the codec of a media type.
+
+        Raises:
+            UnknownMediaTypeError: no schema is registered for it.
+        """
+        codec = self._codecs.get(media_type)
+        if codec is None:
+            try:
+                cls = self._schemas[media_type]
+            except KeyError:
+                raise UnknownMediaTypeError(f"No schema is registered for media type {media_type!r}") from None
+            codec = self._codecs[media_type] = PubSubMessageCodec(cls())
+        return codec
+
+    def __contains__(self, media_type: object) -> bool:
+        return media_type in self._schemas
+
+    @property
+    def media_types(self) -> list[str]:
+        """All registered media types."""
+        return sorted(self._schemas)
+
+
+class HandlerRegistry:
+    """Maps media types to ready-to-call handlers (class handlers instantiated once)."""
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self._handlers = handlers
+
+    @classmethod
+    def from_registered(
+        cls, graph: ObjectGraph | None = None, media_types: Iterable[str] | None = None
+    ) -> HandlerRegistry:
+        """Build from the ``@handles`` registrations, optionally restricted to some media types.
+
+        Raises:
+            ConfigurationError: a requested media type has no handler, or a class handler needs a graph.
+        """
+        wanted = sorted(_handlers) if media_types is None else list(media_types)
+        missing = [media_type for media_type in wanted if media_type not in _handlers]
+        if missing:
+            raise ConfigurationError(f"No @handles handler is registered for {', '.join(missing)}")
+        return cls({media_type: _instantiate(_handlers[media_type], graph) for media_type in wanted})
+
+    def find(self, media_type: str) -> Handler | None:
+        """Return the handler of a media type, or None."""
+        return self._handlers.get(media_type)
+
+    @property
+    def media_types(self) -> list[str]:
+        """The media types handled."""
+        return sorted(self._handlers)
+
+
+def _instantiate(handler: Any, graph: ObjectGraph | None) -> Handler:
+    if not inspect.isclass(handler):
+        return handler  # type: ignore[no-any-return]
+    if graph is None:
+        raise ConfigurationError(f"Handler class {handler.__qualname__} needs an object graph to be built")
+    for key, factory in graph._registry.factories.items():
+        if factory is handler:
+            return getattr(graph, key)  # type: ignore[no-any-return]
+    return handler(graph)  # type: ignore[no-any-return]
+
+
+def configure_schema_registry(graph: ObjectGraph) -> SchemaRegistry:
+    """microcosm factory: ``graph.pubsub_message_schema_registry``."""
+    return SchemaRegistry()
+
+
+@defaults(media_types=None)
+def configure_handler_registry(graph: ObjectGraph) -> HandlerRegistry:
+    """microcosm factory: ``graph.sqs_message_handler_registry`` (all handlers, or ``media_types``)."""
+    return HandlerRegistry.from_registered(graph, graph.config.sqs_message_handler_registry.media_types)

@@ -1,0 +1,270 @@
+"""The wire: the only module that talks to boto3.
+
+Every botocore error is turned into a :class:`~microbus.errors.TransportError` right here, with a
+message that says what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from microcosm.api import defaults
+
+from microbus.errors import (
+    ConfigurationError,
+    EndpointUnreachableError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+    TransientTransportError,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from microcosm.object_graph import ObjectGraph
+
+MAX_BATCH = 10
+_QUEUE_MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+_TOPIC_MISSING = {"NotFound", "NotFoundException"}
+_THROTTLED = {"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException"}
+
+
+@dataclass(frozen=True)
+class AWSSettings:
+    """How to reach AWS: endpoint (None for real AWS), region, optional profile and credentials."""
+
+    endpoint_url: str | None = None
+    region_name: str = "us-east-1"
+    profile_name: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 3
+
+    @classmethod
+    def from_config(cls, config: Any) -> AWSSettings:
+        """Build from the graph's ``aws`` config section."""
+        return cls(
+            endpoint_url=config.endpoint_url or None,
+            region_name=config.region_name,
+            profile_name=config.profile_name or None,
+            access_key_id=config.access_key_id or None,
+            secret_access_key=config.secret_access_key or None,
+        )
+
+    def client(self, service: str) -> Any:
+        """Create a boto3 client for ``service`` with these settings."""
+        session = boto3.session.Session(
+            profile_name=self.profile_name,
+            region_name=self.region_name,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+        config = Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+        )
+        return session.client(service, endpoint_url=self.endpoint_url, config=config)
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn botocore errors raised inside the block into microbus transport errors.
+
+    ``what`` names the target ("SQS queue https://…") for the message.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        raise _from_client_error(exc, what) from exc
+    except NoCredentialsError as exc:
+        raise ConfigurationError(
+            f"No AWS credentials found for {what}: configure the default credential chain "
+            "(environment, profile or instance role), or use an emulator endpoint."
+        ) from exc
+    except NoRegionError as exc:
+        raise ConfigurationError(f"No AWS region configured for {what}: set aws.region_name.") from exc
+    except (BotoConnectionError, HTTPClientError) as exc:
+        raise EndpointUnreachableError(
+            f"Cannot reach {what}: check the endpoint URL (aws.endpoint_url / AWS_ENDPOINT_URL) and that "
+            f"the service is running ({type(exc).__name__})"
+        ) from exc
+    except BotoCoreError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+def _from_client_error(exc: ClientError, what: str) -> TransportError:
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    text = exc.response.get("Error", {}).get("Message", "")
+    if code in _QUEUE_MISSING:
+        return QueueNotFoundError(f"{what} does not exist: create it (microbus topology apply) or fix the URL")
+    if code in _TOPIC_MISSING and "topic" in what.lower():
+        return TopicNotFoundError(f"{what} does not exist: create it (microbus topology apply) or fix the ARN")
+    if code in _THROTTLED or status >= 500:
+        return TransientTransportError(f"{what} failed transiently ({code or status}): {text}")
+    return TransportError(f"{what} failed ({code}): {text}")
+
+
+class SQSTransport:
+    """Receive, delete, change visibility and send on one SQS queue."""
+
+    def __init__(self, *, client: Any, queue_url: str) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self._what = f"SQS queue {queue_url}"
+
+    def for_queue(self, queue_url: str) -> SQSTransport:
+        """A transport for another queue, sharing this client."""
+        return SQSTransport(client=self.client, queue_url=queue_url)
+
+    def receive(
+        self, *, max_messages: int, wait_time_seconds: int, visibility_timeout_seconds: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Long-poll for up to ``max_messages`` (≤ 10) raw messages."""
+        kwargs: dict[str, Any] = {
+            "QueueUrl": self.queue_url,
+            "MaxNumberOfMessages": max(1, min(MAX_BATCH, max_messages)),
+            "WaitTimeSeconds": wait_time_seconds,
+            "MessageSystemAttributeNames": ["All"],
+            "MessageAttributeNames": ["All"],
+        }
+        if visibility_timeout_seconds is not None:
+            kwargs["VisibilityTimeout"] = visibility_timeout_seconds
+        with translate_errors(self._what):
+            response = self.client.receive_message(**kwargs)
+        return list(response.get("Messages", []))
+
+    def delete_batch(self, receipt_handles: Sequence[str]) -> list[str]:
+        """Delete messages in batches of 10; return the receipt handles that could not be deleted."""
+        failed: list[str] = []
+        for start in range(0, len(receipt_handles), MAX_BATCH):
+            chunk = receipt_handles[start : start + MAX_BATCH]
+            entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(chunk)]
+            with translate_errors(self._what):
+                response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed.extend(chunk[int(entry["Id"])] for entry in response.get("Failed", []))
+        return failed
+
+    def change_visibility(self, receipt_handle: str, visibility_timeout_seconds: int) -> None:
+        """Make a message visible again after ``visibility_timeout_seconds`` (0: at once)."""
+        with translate_errors(self._what):
+            self.client.change_message_visibility(
+                QueueUrl=self.queue_url,
+                ReceiptHandle=receipt_handle,
+                VisibilityTimeout=visibility_timeout_seconds,
+            )
+
+    def change_visibility_batch(self, changes: Sequence[tuple[str, int]]) -> list[str]:
+        """Change the visibility of many messages; return the receipt handles that failed."""
+        failed: list[str] = []
+        for start in range(0, len(changes), MAX_BATCH):
+            chunk = changes[start : start + MAX_BATCH]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+                for i, (handle, seconds) in enumerate(chunk)
+            ]
+            with translate_errors(self._what):
+                response = self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed.extend(chunk[int(entry["Id"])][0] for entry in response.get("Failed", []))
+        return failed
+
+    def send(self, body: str, message_attributes: dict[str, Any] | None = None) -> str:
+        """Send one message; return its message id."""
+        kwargs: dict[str, Any] = {"QueueUrl": self.queue_url, "MessageBody": body}
+        if message_attributes:
+            kwargs["MessageAttributes"] = message_attributes
+        with translate_errors(self._what):
+            response = self.client.send_message(**kwargs)
+        return str(response["MessageId"])
+
+    def get_attributes(self) -> dict[str, str]:
+        """Return all the queue's attributes.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        with translate_errors(self._what):
+            response = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
+        return dict(response.get("Attributes", {}))
+
+    def queue_url_of_arn(self, queue_arn: str) -> str:
+        """Return the URL of another queue, given its ARN (same account and region)."""
+        name = queue_arn.rsplit(":", 1)[-1]
+        owner = queue_arn.split(":")[4]
+        with translate_errors(f"SQS queue {queue_arn}"):
+            response = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=owner)
+        return str(response["QueueUrl"])
+
+
+class SNSTransport:
+    """Publish to SNS topics, one message or batches of 10."""
+
+    def __init__(self, *, client: Any) -> None:
+        self.client = client
+
+    def publish(self, topic_arn: str, message: str, message_attributes: dict[str, Any]) -> str:
+        """Publish one message; return its message id."""
+        with translate_errors(f"SNS topic {topic_arn}"):
+            response = self.client.publish(TopicArn=topic_arn, Message=message, MessageAttributes=message_attributes)
+        return str(response["MessageId"])
+
+    def publish_batch(
+        self, topic_arn: str, entries: Sequence[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[str | None], dict[int, str]]:
+        """Publish up to 10 messages; return the message ids (None where failed) and failures by index."""
+        request = [
+            {"Id": str(i), "Message": message, "MessageAttributes": attributes}
+            for i, (message, attributes) in enumerate(entries)
+        ]
+        with translate_errors(f"SNS topic {topic_arn}"):
+            response = self.client.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=request)
+        ids: list[str | None] = [None] * len(entries)
+        for entry in response.get("Successful", []):
+            ids[int(entry["Id"])] = str(entry["MessageId"])
+        failed = {
+            int(entry["Id"]): f"{entry.get('Code', '')}: {entry.get('Message', '')}"
+            for entry in response.get("Failed", [])
+        }
+        return ids, failed
+
+
+@defaults(
+    endpoint_url=None,
+    region_name="us-east-1",
+    profile_name=None,
+    access_key_id=None,
+    secret_access_key=None,
+)
+def configure_aws(graph: ObjectGraph) -> AWSSettings:
+    """microcosm factory: ``graph.aws``, the settings every client is built from.
+
+    ``endpoint_url`` None means real AWS (boto3 also honours ``AWS_ENDPOINT_URL``).
+    """
+    return AWSSettings.from_config(graph.config.aws)
+
+
+def configure_sqs_client(graph: ObjectGraph) -> Any:
+    """microcosm factory: ``graph.sqs_client``."""
+    return graph.aws.client("sqs")
+
+
+def configure_sns_client(graph: ObjectGraph) -> Any:
+    """microcosm factory: ``graph.sns_client``."""
+    return graph.aws.client("sns")

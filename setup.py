@@ -1,0 +1,50 @@
+"""microbus: media-typed SNS/SQS publish/subscribe for Python services."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="microbus",
+    version="0.1.0",
+    description="AWS-native SNS/SQS publish/subscribe: schemas, producers, consumer daemons.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["microbus", "microbus.*", "schemas", "schemas.*", "daemons", "daemons.*"]),
+    include_package_data=True,
+    install_requires=[
+        "boto3>=1.28",
+        "marshmallow>=3.18,<5",
+        "microcosm>=4.0",
+        "click>=8.0",
+    ],
+    extras_require={
+        "local": [
+            "moto[server]>=5.1,<6",
+        ],
+        "dev": [
+            "moto[server]>=5.1,<6",
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "boto3-stubs[sns,sqs,dynamodb]",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "microbus = microbus.cli:main",
+            "microbus-orders-daemon = daemons.orders:main",
+        ],
+        "microcosm.factories": [
+            "pubsub_message_schema_registry = microbus.registry:configure_schema_registry",
+            "sqs_message_handler_registry = microbus.registry:configure_handler_registry",
+            "sns_topic_arns = microbus.producer:configure_sns_topic_arns",
+            "sns_producer = microbus.producer:configure_sns_producer",
+            "sqs_consumer = microbus.consumer:configure_sqs_consumer",
+            "sqs_message_dispatcher = microbus.dispatch:configure_sqs_message_dispatcher",
+            "sns_client = microbus.transport:configure_sns_client",
+            "sqs_client = microbus.transport:configure_sqs_client",
+            "aws = microbus.transport:configure_aws",
+        ],
+    },
+)
