@@ -45,6 +45,7 @@ setup(
             "sns_client = microbus.transport:configure_sns_client",
             "sqs_client = microbus.transport:configure_sqs_client",
             "aws = microbus.transport:configure_aws",
+            "dynamodb_client = microbus.transport:configure_dynamodb_client",
         ],
     },
 )

@@ -178,10 +178,10 @@ read_state() { [[ -f "$LS_STATE/$1" ]] && cat "$LS_STATE/$1"; }
 group_alive() { [[ -n "${1:-}" ]] && kill -0 -- "-$1" 2>/dev/null; }
 
 tagged_pids() {  # processes carrying our tag in their environment (catches a JVM in its own session)
-    local tag="$1" p
+    local tag="$1" f
     [[ -n "$tag" && -d /proc/self ]] || return 0
-    for p in /proc/[0-9]*; do
-        grep -qzx "MICROBUS_LOCALSTACK_TAG=$tag" "$p/environ" 2>/dev/null && echo "${p#/proc/}"
+    for f in $(grep -lzx "MICROBUS_LOCALSTACK_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null); do
+        f="${f#/proc/}"; echo "${f%/environ}"
     done
     return 0
 }

@@ -29,11 +29,20 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A DynamoDB table keyed by the string attribute ``pk``, items expiring by ``ttl_attribute``."""
+
+    name: str
+    ttl_attribute: str | None = "expires_at"
+
+
+@dataclass(frozen=True)
 class Topology:
-    """Topics and queues of an application."""
+    """Topics, queues and tables of an application."""
 
     topics: tuple[str, ...] = ()
     queues: tuple[Queue, ...] = ()
+    tables: tuple[Table, ...] = ()
 
 
 @dataclass
@@ -49,7 +58,7 @@ def filter_policy(media_types: tuple[str, ...]) -> str:
     return json.dumps({"media_type": sorted(media_types)})
 
 
-def apply_topology(topology: Topology, *, sns: Any, sqs: Any) -> AppliedTopology:
+def apply_topology(topology: Topology, *, sns: Any, sqs: Any, dynamodb: Any = None) -> AppliedTopology:
     """Create what is missing (create calls are idempotent) and return ARNs and URLs.
 
     Raises:
@@ -64,7 +73,30 @@ def apply_topology(topology: Topology, *, sns: Any, sqs: Any) -> AppliedTopology
         queue_arn = _queue_arn(sqs, applied.queue_urls[queue.name])
         for subscription in queue.subscriptions:
             _apply_subscription(subscription, applied.topic_arns[subscription.topic], queue_arn, sns)
+    for table in topology.tables:
+        _apply_table(table, dynamodb)
     return applied
+
+
+def _apply_table(table: Table, dynamodb: Any) -> None:
+    if dynamodb is None:
+        raise ValueError(f"Topology has table {table.name!r}: pass a DynamoDB client")
+    with translate_errors(f"DynamoDB table {table.name}"):
+        try:
+            dynamodb.create_table(
+                TableName=table.name,
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except dynamodb.exceptions.ResourceInUseException:
+            return
+        dynamodb.get_waiter("table_exists").wait(TableName=table.name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        if table.ttl_attribute:
+            dynamodb.update_time_to_live(
+                TableName=table.name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
+            )
 
 
 def _apply_queue(queue: Queue, sqs: Any) -> str:

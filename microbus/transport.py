@@ -268,3 +268,8 @@ def configure_sqs_client(graph: ObjectGraph) -> Any:
 def configure_sns_client(graph: ObjectGraph) -> Any:
     """microcosm factory: ``graph.sns_client``."""
     return graph.aws.client("sns")
+
+
+def configure_dynamodb_client(graph: ObjectGraph) -> Any:
+    """microcosm factory: ``graph.dynamodb_client``."""
+    return graph.aws.client("dynamodb")

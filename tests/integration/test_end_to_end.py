@@ -47,15 +47,15 @@ def test_worker_handles_and_deletes_every_message(microbus_queue):
     graph = make_graph(microbus_queue)
     seen = []
     dispatcher = SQSMessageDispatcher(
-        handler_registry=HandlerRegistry(
-            {OrderPlaced.MEDIA_TYPE: seen.append, PaymentCaptured.MEDIA_TYPE: seen.append}
-        )
+        handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append, PaymentCaptured.MEDIA_TYPE: seen.append})
     )
     worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=2)
     worker.start()
     try:
         graph.sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": f"o-{i}"} for i in range(15)])
-        graph.sns_producer.produce_batch(PaymentCaptured.MEDIA_TYPE, [{"order_id": "o", "amount_cents": i} for i in range(5)])
+        graph.sns_producer.produce_batch(
+            PaymentCaptured.MEDIA_TYPE, [{"order_id": "o", "amount_cents": i} for i in range(5)]
+        )
         wait_for(lambda: worker.stats.outcomes[Outcome.SUCCEEDED.label] >= 20, what="20 handled")
     finally:
         worker.stop()
