@@ -59,18 +59,16 @@ class PubSubMessageCodec:
         content.setdefault("media_type", self.media_type)
         if content.get("uri") is None:
             content.pop("uri", None)
-        try:
+        errors = self._field_errors(content)
+        if not errors:
             dumped = self.schema.dump(content)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise MessageValidationError(f"Invalid {self.media_type} message: {exc}") from exc
-        errors = self.schema.validate(dumped)
-        errors.update(self._type_errors(content))
+            errors = self.schema.validate(dumped)
         if errors:
             raise MessageValidationError(f"Invalid {self.media_type} message: {_describe(errors)}")
         return json.dumps(dumped, separators=(",", ":"))
 
-    def _type_errors(self, content: dict[str, Any]) -> dict[str, Any]:
-        """Catch values that dump would coerce silently (an int given to a String field)."""
+    def _field_errors(self, content: dict[str, Any]) -> dict[str, Any]:
+        """Errors that dump would raise without a field name, or would coerce silently (an int as a String)."""
         errors: dict[str, Any] = {}
         for name, field in self.schema.fields.items():
             key = field.attribute or name
@@ -79,6 +77,11 @@ class PubSubMessageCodec:
                 continue
             if isinstance(field, fields.String) and not isinstance(value, str):
                 errors[field.data_key or name] = [f"Not a valid string: {type(value).__name__}."]
+                continue
+            try:
+                field.serialize(key, content)
+            except (ValueError, TypeError, AttributeError) as exc:
+                errors[field.data_key or name] = [f"Cannot serialize {value!r}: {exc}"]
         return errors
 
     def decode(self, message: str | dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""Codec and registry: round trips, validation errors that name the field, registry lookups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from marshmallow import fields
+
+from microbus import PubSubMessageSchema, schema
+from microbus.errors import (
+    ConfigurationError,
+    MalformedBodyError,
+    MessageValidationError,
+    MissingMediaTypeError,
+    SchemaViolationError,
+    UnknownMediaTypeError,
+)
+from microbus.message import decode_raw_message, unwrap_envelope
+from microbus.registry import SchemaRegistry
+from schemas import OrderPlaced, PaymentCaptured
+
+
+def codec(cls=OrderPlaced):
+    return SchemaRegistry().find(cls.MEDIA_TYPE)
+
+
+def raw(body, message_id="m-1"):
+    return {
+        "MessageId": message_id,
+        "ReceiptHandle": "r-1",
+        "Body": body,
+        "Attributes": {"ApproximateReceiveCount": "2"},
+    }
+
+
+def test_encode_writes_the_microcosm_pubsub_wire_format():
+    text = codec().encode({"order_id": "o-1"}, opaque_data={"x-request-id": "abc"}, uri="https://x/orders/o-1")
+    assert json.loads(text) == {
+        "mediaType": OrderPlaced.MEDIA_TYPE,
+        "opaqueData": {"x-request-id": "abc"},
+        "order_id": "o-1",
+        "uri": "https://x/orders/o-1",
+    }
+
+
+def test_decode_round_trips_content():
+    text = codec(PaymentCaptured).encode(order_id="o-1", amount_cents=5)
+    content = codec(PaymentCaptured).decode(text)
+    assert content == {"media_type": PaymentCaptured.MEDIA_TYPE, "order_id": "o-1", "amount_cents": 5}
+
+
+def test_decode_ignores_fields_it_does_not_know():
+    content = codec().decode({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o", "added_later": 1})
+    assert "added_later" not in content
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [({}, "order_id"), ({"order_id": 5}, "order_id"), ({"order_id": "o", "total_cents": "lots"}, "total_cents")],
+)
+def test_encode_rejects_invalid_content_naming_the_field(content, field):
+    with pytest.raises(MessageValidationError, match=field):
+        codec().encode(content)
+
+
+def test_decode_rejects_a_schema_violation_naming_the_field():
+    with pytest.raises(SchemaViolationError, match="amount_cents"):
+        codec(PaymentCaptured).decode({"mediaType": PaymentCaptured.MEDIA_TYPE, "order_id": "o"})
+
+
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", '"text"', "", "{"])
+def test_malformed_bodies_are_decode_errors(body):
+    with pytest.raises(MalformedBodyError):
+        unwrap_envelope(body)
+
+
+def test_sns_envelope_is_unwrapped_and_raw_body_is_taken_as_is():
+    message = {"mediaType": "a/b", "x": 1}
+    envelope = {"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Message": json.dumps(message)}
+    assert unwrap_envelope(json.dumps(envelope)) == (message, "arn:aws:sns:us-east-1:1:t")
+    assert unwrap_envelope(json.dumps(message)) == (message, None)
+
+
+def test_an_envelope_whose_message_is_not_json_is_malformed():
+    envelope = {"Type": "Notification", "TopicArn": "arn", "Message": "oops"}
+    with pytest.raises(MalformedBodyError):
+        unwrap_envelope(json.dumps(envelope))
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("garbage", MalformedBodyError),
+        (json.dumps({"order_id": "o"}), MissingMediaTypeError),
+        (json.dumps({"mediaType": "application/vnd.nobody"}), UnknownMediaTypeError),
+        (json.dumps({"mediaType": OrderPlaced.MEDIA_TYPE}), SchemaViolationError),
+    ],
+)
+def test_decoding_a_bad_message_records_the_error_instead_of_raising(body, error):
+    message = decode_raw_message(raw(body), schema_registry=SchemaRegistry())
+    assert isinstance(message.error, error)
+    assert message.content is None
+    assert message.approximate_receive_count == 2
+
+
+def test_registry_finds_registered_schemas_and_rejects_unknown_media_types():
+    registry = SchemaRegistry()
+    assert OrderPlaced.MEDIA_TYPE in registry
+    assert registry.find(OrderPlaced.MEDIA_TYPE) is registry.find(OrderPlaced.MEDIA_TYPE)
+    with pytest.raises(UnknownMediaTypeError):
+        registry.find("application/vnd.nobody")
+
+
+def test_two_schemas_cannot_claim_one_media_type():
+    with pytest.raises(ConfigurationError, match="declared by both"):
+
+        @schema
+        class Impostor(PubSubMessageSchema):
+            MEDIA_TYPE = OrderPlaced.MEDIA_TYPE
+            order_id = fields.String()

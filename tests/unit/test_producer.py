@@ -1,0 +1,127 @@
+"""Producer: validation and size checks happen before any network call; topic choice; batch failures."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from microbus import MessageTooLargeError, MessageValidationError, PublishError, SNSProducer, TopicArns
+from microbus.errors import TopicNotDefinedError, TransientTransportError
+from microbus.registry import SchemaRegistry
+from microbus.transport import SNSTransport
+from schemas import OrderPlaced, PaymentCaptured
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
+PAYMENTS = "arn:aws:sns:us-east-1:123456789012:payments"
+
+
+@pytest.fixture
+def sns():
+    client = boto3.client("sns", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+def producer(client, **options):
+    return SNSProducer(
+        transport=SNSTransport(client=client),
+        schema_registry=SchemaRegistry(),
+        topic_arns=TopicArns(default=TOPIC, mappings={PaymentCaptured.MEDIA_TYPE: PAYMENTS}),
+        retry_base_s=0.0,
+        **options,
+    )
+
+
+def test_produce_publishes_to_the_topic_of_the_media_type_with_the_media_type_attribute(sns):
+    client, stubber = sns
+    stubber.add_response(
+        "publish",
+        {"MessageId": "m-1"},
+        {
+            "TopicArn": PAYMENTS,
+            "Message": ANY,
+            "MessageAttributes": {"media_type": {"DataType": "String", "StringValue": PaymentCaptured.MEDIA_TYPE}},
+        },
+    )
+    assert producer(client).produce(PaymentCaptured.MEDIA_TYPE, order_id="o", amount_cents=1) == "m-1"
+
+
+def test_invalid_content_fails_before_any_network_call(sns):
+    client, _ = sns  # no response queued: any call would fail the stubber
+    with pytest.raises(MessageValidationError, match="order_id"):
+        producer(client).produce(OrderPlaced.MEDIA_TYPE, {"total_cents": 1})
+
+
+def test_an_oversize_message_fails_before_any_network_call(sns):
+    client, _ = sns
+    with pytest.raises(MessageTooLargeError, match="over the SNS limit"):
+        producer(client).produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 300_000)
+
+
+def test_a_media_type_without_a_topic_is_a_configuration_error(sns):
+    client, _ = sns
+    bare = SNSProducer(transport=SNSTransport(client=client), schema_registry=SchemaRegistry(), topic_arns=TopicArns())
+    with pytest.raises(TopicNotDefinedError, match="sns_topic_arns"):
+        bare.produce(OrderPlaced.MEDIA_TYPE, order_id="o")
+
+
+def test_throttling_is_retried_then_succeeds(sns):
+    client, stubber = sns
+    stubber.add_client_error("publish", "Throttling", http_status_code=400)
+    stubber.add_response("publish", {"MessageId": "m-2"})
+    assert producer(client).produce(OrderPlaced.MEDIA_TYPE, order_id="o") == "m-2"
+
+
+def test_the_producer_gives_up_with_a_clear_error(sns):
+    client, stubber = sns
+    for _ in range(3):
+        stubber.add_client_error("publish", "InternalError", http_status_code=500)
+    with pytest.raises(TransientTransportError, match="failed transiently"):
+        producer(client).produce(OrderPlaced.MEDIA_TYPE, order_id="o")
+
+
+def test_a_batch_retries_failed_entries_and_reports_those_that_never_succeed(sns):
+    client, stubber = sns
+    stubber.add_response(
+        "publish_batch",
+        {"Successful": [{"Id": "0", "MessageId": "a"}], "Failed": [{"Id": "1", "Code": "Busy", "SenderFault": False}]},
+    )
+    for _ in range(2):
+        stubber.add_response(
+            "publish_batch", {"Successful": [], "Failed": [{"Id": "0", "Code": "Busy", "SenderFault": False}]}
+        )
+    with pytest.raises(PublishError) as caught:
+        producer(client).produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": "1"}, {"order_id": "2"}])
+    assert caught.value.message_ids == ["a", None]
+    assert list(caught.value.failed) == [1]
+
+
+def test_deferred_messages_are_published_in_one_batch_at_the_end_of_the_block(sns):
+    client, stubber = sns
+    stubber.add_response(
+        "publish_batch", {"Successful": [{"Id": str(i), "MessageId": f"m{i}"} for i in range(3)], "Failed": []}
+    )
+    with producer(client).deferred() as deferred:
+        for i in range(3):
+            deferred.produce(OrderPlaced.MEDIA_TYPE, order_id=str(i))
+
+
+def test_deferred_messages_are_dropped_when_the_block_raises(sns):
+    client, _ = sns
+    with pytest.raises(RuntimeError), producer(client).deferred() as deferred:
+        deferred.produce(OrderPlaced.MEDIA_TYPE, order_id="1")
+        raise RuntimeError("request failed")
+
+
+def test_opaque_data_carries_the_publish_time_and_the_callers_ids(sns):
+    client, _ = sns
+    outgoing = producer(client, opaque=lambda: {"x-request-id": "req-1"}).create_message(
+        OrderPlaced.MEDIA_TYPE, {"order_id": "o"}
+    )
+    opaque = json.loads(outgoing.message)["opaqueData"]
+    assert opaque["x-request-id"] == "req-1"
+    assert float(opaque["x-request-published"]) > 0
