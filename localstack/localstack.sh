@@ -209,31 +209,49 @@ cmd_status() {
     fi
 }
 
+descendants() {  # pids of all descendants of $1 (portable fallback for tagged_pids)
+    local pid="$1"
+    [[ -n "$pid" ]] || return 0
+    ps -eo pid=,ppid= 2>/dev/null | awk -v root="$pid" '
+        { parent[$1] = $2 }
+        END { n = 1; q[1] = root
+              while (n > 0) { p = q[n--]; for (c in parent) if (parent[c] == p) { print c; q[++n] = c } } }'
+}
+
+all_gone() {  # $1 = pgid, $2 = tag, $3.. = extra pids
+    local pgid="$1" tag="$2" p; shift 2
+    group_alive "$pgid" && return 1
+    [[ -n "$(tagged_pids "$tag")" ]] && return 1
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done
+    return 0
+}
+
 cmd_stop() {
-    local pgid tag pids deadline p
+    local pgid tag pids p deadline grace="${MICROBUS_LOCALSTACK_STOP_GRACE:-10}"
     if [[ ! -d "$LS_STATE" ]]; then log "not running"; return 0; fi
     pgid="$(read_state pgid || true)"
     tag="$(read_state tag || true)"
-    # LocalStack starts the DynamoDB Local JVM with start_new_session=True, i.e. in its own process group:
-    # killing our group alone could leave it running, so it is tracked via the tag in its environment too.
-    pids="$(tagged_pids "$tag")"
+    # LocalStack starts the DynamoDB Local JVM with start_new_session=True, i.e. in a process group of its
+    # own: killing LocalStack's group alone could leave the JVM running. It is found through the tag in its
+    # environment (Linux /proc) and, as a fallback, as a descendant of LocalStack.
+    # shellcheck disable=SC2207
+    pids=($(tagged_pids "$tag") $(descendants "$pgid"))
+    # Graceful stop, bounded: LocalStack stops its services (and the JVM) and logs "Completed, bye!"; the
+    # interpreter's final garbage collection after that can take seconds and there is no state to keep, so
+    # whatever is left then (or after the grace period) is killed.
     if group_alive "$pgid"; then kill -TERM -- "-$pgid" 2>/dev/null || true; fi
-    deadline=$(( $(date +%s) + 20 ))
-    while { group_alive "$pgid" || [[ -n "$(tagged_pids "$tag")" ]]; } && (( $(date +%s) < deadline )); do
+    deadline=$(( $(date +%s) + grace ))
+    while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do
+        grep -q 'Completed, bye!' "$LS_STATE/localstack.log" 2>/dev/null && break
         sleep 0.1
     done
-    if group_alive "$pgid" || [[ -n "$(tagged_pids "$tag")" ]]; then
-        log "still running after 20 s, sending SIGKILL"
-        group_alive "$pgid" && kill -KILL -- "-$pgid" 2>/dev/null || true
-        for p in $pids $(tagged_pids "$tag"); do kill -KILL "$p" 2>/dev/null || true; done
+    if ! all_gone "$pgid" "$tag" "${pids[@]}"; then
+        if group_alive "$pgid"; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
+        for p in "${pids[@]}" $(tagged_pids "$tag"); do kill -KILL "$p" 2>/dev/null || true; done
         deadline=$(( $(date +%s) + 5 ))
-        while { group_alive "$pgid" || [[ -n "$(tagged_pids "$tag")" ]]; } && (( $(date +%s) < deadline )); do
-            sleep 0.1
-        done
+        while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do sleep 0.1; done
     fi
-    if group_alive "$pgid" || [[ -n "$(tagged_pids "$tag")" ]]; then
-        die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
-    fi
+    all_gone "$pgid" "$tag" "${pids[@]}" || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
     rm -rf "$LS_STATE"
     log "stopped"
 }

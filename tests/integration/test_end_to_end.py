@@ -43,8 +43,12 @@ def test_produced_messages_are_consumed_with_content_and_acked(make_queue, raw):
     assert queue.depth() == 0
 
 
-def test_worker_handles_and_deletes_every_message(microbus_queue):
+def test_worker_handles_and_deletes_every_message_with_batched_deletes(microbus_queue):
     graph = make_graph(microbus_queue)
+    calls = []
+    events = graph.sqs_client.meta.events
+    for operation in ("DeleteMessage", "DeleteMessageBatch"):
+        events.register(f"before-call.sqs.{operation}", lambda model, **kw: calls.append(model.name))
     seen = []
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append, PaymentCaptured.MEDIA_TYPE: seen.append})
@@ -64,3 +68,6 @@ def test_worker_handles_and_deletes_every_message(microbus_queue):
         f"o-{i}" for i in range(15)
     )
     assert microbus_queue.depth() == 0
+    # Then no message was deleted on its own: acks went out as DeleteMessageBatch
+    assert "DeleteMessage" not in calls
+    assert 2 <= calls.count("DeleteMessageBatch") < 20

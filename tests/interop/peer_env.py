@@ -106,7 +106,7 @@ def ensure_peer_python(cache_dir: Path) -> Path:
     venv_dir = cache_dir / VENV_NAME
     stamp = venv_dir / STAMP_NAME
     python = venv_python(venv_dir)
-    key = requirements_key()
+    key = requirements_key(REQUIREMENTS)
 
     with _locked(cache_dir / f"{VENV_NAME}.lock"):
         if python.exists() and stamp.exists() and stamp.read_text().strip() == key:

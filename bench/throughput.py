@@ -1,0 +1,102 @@
+"""Throughput of microbus against bare boto3 on the same embedded moto server.
+
+Both sides do the same work: publish N messages to an SNS topic (batches of 10), then receive them
+from the subscribed queue and delete them. The bare side is the loop a team would write by hand
+(receive 10, json-decode, delete_message_batch); microbus adds schema validation, decoding,
+dispatch, batched acks and worker threads. moto's cost grows with queue depth, so N stays small.
+
+    .venv/bin/python bench/throughput.py [N]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+
+from microbus import SNSProducer, SQSConsumer, TopicArns, Worker
+from microbus.dispatch import SQSMessageDispatcher
+from microbus.emulator import EmbeddedEmulator
+from microbus.registry import HandlerRegistry, SchemaRegistry
+from microbus.testing import wait_for
+from microbus.topology import Queue, Subscription, Topology, apply_topology
+from microbus.transport import SNSTransport, SQSTransport
+from schemas import OrderPlaced
+
+
+def make_pair(settings):
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    topology = Topology(topics=(name,), queues=(Queue(name=name, subscriptions=(Subscription(topic=name),)),))
+    applied = apply_topology(topology, sns=settings.client("sns"), sqs=settings.client("sqs"))
+    return applied.topic_arns[name], applied.queue_urls[name]
+
+
+def bare(settings, n):
+    sns, sqs = settings.client("sns"), settings.client("sqs")
+    topic, url = make_pair(settings)
+    started = time.monotonic()
+    for start in range(0, n, 10):
+        entries = [
+            {"Id": str(i), "Message": json.dumps({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": str(start + i)})}
+            for i in range(min(10, n - start))
+        ]
+        sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
+    published = time.monotonic()
+    seen = 0
+    while seen < n:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        for message in messages:
+            json.loads(json.loads(message["Body"])["Message"])
+        if messages:
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+        seen += len(messages)
+    return published - started, time.monotonic() - published
+
+
+def with_microbus(settings, n, concurrency):
+    topic, url = make_pair(settings)
+    producer = SNSProducer(
+        transport=SNSTransport(client=settings.client("sns")),
+        schema_registry=SchemaRegistry(),
+        topic_arns=TopicArns(default=topic),
+    )
+    started = time.monotonic()
+    producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": str(i)} for i in range(n)])
+    published = time.monotonic()
+    consumer = SQSConsumer(
+        transport=SQSTransport(client=settings.client("sqs"), queue_url=url),
+        schema_registry=SchemaRegistry(),
+        wait_seconds=1,
+    )
+    worker = Worker(
+        consumer=consumer,
+        dispatcher=SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None})),
+        concurrency=concurrency,
+    )
+    worker.start()
+    wait_for(lambda: worker.stats.handled >= n, timeout_s=300)
+    consumed = time.monotonic()
+    worker.stop()
+    worker.join()
+    return published - started, consumed - published
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    with EmbeddedEmulator() as emulator:
+        settings = emulator.settings()
+        rows = [("bare boto3", *bare(settings, n))]
+        for concurrency in (1, 4):
+            rows.append((f"microbus concurrency={concurrency}", *with_microbus(settings, n, concurrency)))
+    print(f"{n} messages, embedded moto server, one SNS topic -> one SQS queue (enveloped)")
+    print(f"{'':28} {'publish msg/s':>14} {'consume msg/s':>14}")
+    for label, publish_s, consume_s in rows:
+        print(f"{label:28} {n / publish_s:14.0f} {n / consume_s:14.0f}")
+
+
+if __name__ == "__main__":
+    main()
