@@ -218,6 +218,8 @@ descendants() {  # pids of all descendants of $1 (portable fallback for tagged_p
               while (n > 0) { p = q[n--]; for (c in parent) if (parent[c] == p) { print c; q[++n] = c } } }'
 }
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 all_gone() {  # $1 = pgid, $2 = tag, $3.. = extra pids
     local pgid="$1" tag="$2" p; shift 2
     group_alive "$pgid" && return 1
@@ -227,22 +229,26 @@ all_gone() {  # $1 = pgid, $2 = tag, $3.. = extra pids
 }
 
 cmd_stop() {
-    local pgid tag pids p deadline grace="${MICROBUS_LOCALSTACK_STOP_GRACE:-10}"
+    local pgid tag port pids p deadline grace="${MICROBUS_LOCALSTACK_STOP_GRACE:-10}"
     if [[ ! -d "$LS_STATE" ]]; then log "not running"; return 0; fi
     pgid="$(read_state pgid || true)"
+    port="$(read_state port || true)"
     tag="$(read_state tag || true)"
     # LocalStack starts the DynamoDB Local JVM with start_new_session=True, i.e. in a process group of its
     # own: killing LocalStack's group alone could leave the JVM running. It is found through the tag in its
     # environment (Linux /proc) and, as a fallback, as a descendant of LocalStack.
     # shellcheck disable=SC2207
     pids=($(tagged_pids "$tag") $(descendants "$pgid"))
-    # Graceful stop, bounded: LocalStack stops its services (and the JVM) and logs "Completed, bye!"; the
-    # interpreter's final garbage collection after that can take seconds and there is no state to keep, so
-    # whatever is left then (or after the grace period) is killed.
+    # Graceful stop, bounded: on SIGTERM LocalStack stops its services (DynamoDB Local included), then its
+    # HTTP server. The interpreter's final garbage collection after that takes seconds of CPU and there is
+    # no state to keep, so once the port is closed and no other tagged process is left, or after the grace
+    # period, whatever is left is killed.
     if group_alive "$pgid"; then kill -TERM -- "-$pgid" 2>/dev/null || true; fi
     deadline=$(( $(date +%s) + grace ))
     while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do
-        grep -q 'Completed, bye!' "$LS_STATE/localstack.log" 2>/dev/null && break
+        if [[ -n "$port" ]] && ! port_open "$port" && [[ -z "$(tagged_pids "$tag" | grep -vx "$pgid")" ]]; then
+            break
+        fi
         sleep 0.1
     done
     if ! all_gone "$pgid" "$tag" "${pids[@]}"; then

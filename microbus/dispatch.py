@@ -168,8 +168,8 @@ class SQSMessageDispatcher:
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
         if unknown and self.skip_unknown_media_types:
-            return result(Outcome.IGNORED, reason=error.reason)  # type: ignore[no-any-return]
-        return result(Outcome.REJECTED, reason=error.reason, error=error)  # type: ignore[no-any-return]
+            return result(Outcome.IGNORED, reason=error.reason)
+        return result(Outcome.REJECTED, reason=error.reason, error=error)
 
     def apply(
         self, result: Result, message: SQSMessage, *, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
