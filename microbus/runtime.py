@@ -172,6 +172,9 @@ class Worker:
                 if failures == 0:
                     logger.warning("Receive failing, backing off until it recovers: %s", exc)
                 failures += 1
+            except Exception:
+                logger.exception("Unexpected error while receiving; backing off")
+                failures += 1
             else:
                 if failures:
                     logger.info("Receive recovered after %d failed attempts", failures)
@@ -193,10 +196,14 @@ class Worker:
             if self.stopping:
                 self._queue.put(message)
                 break
-            result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
-            self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
-            self.stats.count(result)
-            self._done(1)
+            try:
+                result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+                self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
+                self.stats.count(result)
+            except Exception:
+                logger.exception("Unexpected error on message %r; it will be redelivered", message.message_id)
+            finally:
+                self._done(1)
 
     def _done(self, count: int) -> None:
         with self._cond:
