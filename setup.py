@@ -49,7 +49,7 @@ setup(
             "aws = microbus.transport:configure_aws",
             "dynamodb_client = microbus.transport:configure_dynamodb_client",
             "parallel = microbus.parallel:configure_parallel",
-            "parallel_reporter = microbus.parallel:configure_parallel_reporter",
+            "parallel_reporter = microbus.reporter:configure_parallel_reporter",
             "fan_in_store = microbus.fanin:configure_fan_in_store",
             "parallel_callback_runner = microbus.fanin:configure_parallel_callback_runner",
             "parallel_callback_dispatcher = microbus.fanin:configure_parallel_callback_dispatcher",

@@ -33,9 +33,10 @@ from microbus.parallel import (
     PAYLOAD_FIELDS,
     CallbackInvocation,
     TargetReport,
-    _current_cid,
+    bind_cid,
     final_payload,
     find_callback,
+    unbind_cid,
 )
 from microbus.registry import HandlerRegistry, SchemaRegistry
 from microbus.transport import SQSTransport, translate_errors
@@ -291,11 +292,11 @@ class CallbackRunner(Middleware):
         payload = invocation.get("payload")
         if invocation["phase"] == ON_FINAL:
             payload = self._final_payload(invocation["cid"])
-        token = _current_cid.set(invocation["cid"])
+        token = bind_cid(invocation["cid"])
         try:
             return function(dict(payload or {}))
         finally:
-            _current_cid.reset(token)
+            unbind_cid(token)
 
     def _final_payload(self, cid: str) -> dict[str, Any]:
         if self.store is None:

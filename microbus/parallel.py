@@ -15,34 +15,30 @@ Wire format (microcosm-pubsub compatible, ``opaqueData`` stays a string map). Ea
 ``x-microbus-expected``    number of targets (``fan_out`` only; absent means no fan-in)
 =========================  ==========================================================================
 
-The daemon that ran a target sends one *report* to the callback queue (:class:`ParallelReporter`); the
-callback daemon (:mod:`microbus.fanin`) turns it into one message per callback name.
+The daemon that ran a target sends one *report* to the callback queue
+(:class:`~microbus.reporter.ParallelReporter`); the callback daemon (:mod:`microbus.fanin`) turns it
+into one message per callback name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import fields
 from microcosm.api import defaults
 
 from microbus.codecs import PubSubMessageSchema
-from microbus.dispatch import Middleware, Outcome, Result
-from microbus.errors import ConfigurationError, DecodeError, ResponseTooLargeError, TransportError
+from microbus.errors import ConfigurationError, DecodeError
 from microbus.message import SQSMessage, unwrap_envelope
 from microbus.producer import SNSProducer
-from microbus.registry import SchemaRegistry, media_type_of, schema
-from microbus.transport import SQSTransport
+from microbus.registry import media_type_of, schema
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -61,8 +57,6 @@ EXPECTED_KEY = "x-microbus-expected"
 ON_TARGET = "on-target"
 ON_FINAL = "on-final"
 PAYLOAD_FIELDS = ("source", "target", "response", "req_ts_utc", "resp_ts_utc", "ok", "exception", "cid", "phase")
-CALLBACK_MAX_BYTES = 262_144
-_EXCEPTION_TEXT_LIMIT = 32_768
 
 Callback = Callable[[dict[str, Any]], Any]
 _callbacks: dict[str, Callback] = {}
@@ -133,6 +127,16 @@ def register_target(name: str, target: str | type[PubSubMessageSchema]) -> None:
 def current_cid() -> str | None:
     """The correlation id of the target or callback running in this context, else None."""
     return _current_cid.get()
+
+
+def bind_cid(cid: str | None) -> Token[str | None]:
+    """Make ``cid`` the current cid; pass the token to :func:`unbind_cid` when done."""
+    return _current_cid.set(cid)
+
+
+def unbind_cid(token: Token[str | None]) -> None:
+    """Restore the cid that was current before :func:`bind_cid`."""
+    _current_cid.reset(token)
 
 
 def utc_now() -> str:
@@ -235,36 +239,6 @@ def final_payload(
     }
 
 
-class FailureMode(Enum):
-    """What a target daemon does when a target's handler raised."""
-
-    REPORT = "report"
-    """Report ``ok`` false at once and ack the target's message once the report was sent (default)."""
-    RETRY_FIRST = "retry-first"
-    """Retry the target like any message; report only its final outcome (success, expiry, rejection)."""
-
-
-def should_report(outcome: Outcome, mode: FailureMode) -> bool:
-    """Whether a target that ended with ``outcome`` is reported now.
-
-    Nacked and ignored messages are not finished (or not for this daemon); a failure is reported
-    at once only in :attr:`FailureMode.REPORT`.
-    """
-    if outcome in (Outcome.RETRIED, Outcome.IGNORED):
-        return False
-    if outcome is Outcome.FAILED:
-        return mode is FailureMode.REPORT
-    return True
-
-
-def exception_text(error: BaseException | None, reason: str | None) -> str:
-    """The traceback of ``error`` (bounded), or the reason when there is no exception."""
-    if error is None:
-        return reason or "failed"
-    text = "".join(traceback.format_exception(error))
-    return text if len(text) <= _EXCEPTION_TEXT_LIMIT else text[-_EXCEPTION_TEXT_LIMIT:]
-
-
 class Parallel:
     """``graph.parallel``: publishes targets for parallel execution and fan-out/fan-in.
 
@@ -339,105 +313,6 @@ class Parallel:
         return cid
 
 
-class ParallelReporter(Middleware):
-    """Target-daemon middleware: sets the current cid, and reports each finished target to its callback queue.
-
-    The target's message is acked only after its report was sent; a failed send turns the outcome
-    into a retry (reason ``callback-send-failed``).
-
-    Parameters:
-        sqs_client: sends reports.
-        schema_registry: encodes reports.
-        mode: what to do when a target's handler raised (:class:`FailureMode`).
-        max_message_bytes: size limit of a report; a larger response is reported as a failure.
-    """
-
-    def __init__(
-        self,
-        *,
-        sqs_client: Any,
-        schema_registry: SchemaRegistry,
-        mode: FailureMode = FailureMode.REPORT,
-        max_message_bytes: int = CALLBACK_MAX_BYTES,
-    ) -> None:
-        self.sqs_client = sqs_client
-        self.schema_registry = schema_registry
-        self.mode = mode
-        self.max_message_bytes = max_message_bytes
-        self._local = threading.local()
-
-    def before_handle(self, message: SQSMessage) -> None:
-        request = ParallelRequest.from_message(message)
-        self._tokens().append(_current_cid.set(request.cid if request else None))
-
-    def after_handle(self, message: SQSMessage, result: Result) -> None:
-        tokens = self._tokens()
-        if tokens:
-            _current_cid.reset(tokens.pop())
-        request = ParallelRequest.from_message(message)
-        if request is None or not should_report(result.outcome, self.mode):
-            return
-        try:
-            self.send_report(request, result)
-        except TransportError as exc:
-            logger.warning("Could not report target %r of cid %r: %s", request.target, request.cid, exc)
-            result.outcome, result.reason, result.error, result.retry_after_s = (
-                Outcome.FAILED,
-                "callback-send-failed",
-                exc,
-                0,
-            )
-            return
-        if result.outcome is Outcome.FAILED:
-            result.outcome, result.reason = Outcome.SKIPPED, "failure-reported"
-
-    def send_report(self, request: ParallelRequest, result: Result) -> str:
-        """Encode and send the report of a finished target; return its SQS message id.
-
-        A response that is not JSON, or too large, is reported as ``ok`` false with the reason.
-
-        Raises:
-            TransportError: the callback queue could not be reached.
-        """
-        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
-        response = result.response if ok else None
-        exception = None if ok else exception_text(result.error, result.reason)
-        body = self._encode(request, response=response, ok=ok, exception=exception)
-        if body is None or len(body.encode()) > self.max_message_bytes:
-            size = len(body.encode()) if body is not None else 0
-            problem = ResponseTooLargeError(
-                f"The response of target {request.target!r} is {size} bytes, over the callback message limit of "
-                f"{self.max_message_bytes}: return a reference (e.g. an S3 key) instead"
-                if body is not None
-                else f"The response of target {request.target!r} is not JSON-serializable: return plain data"
-            )
-            logger.error("%s (cid %r)", problem, request.cid)
-            body = self._encode(request, response=None, ok=False, exception=f"{type(problem).__name__}: {problem}")
-            assert body is not None
-        transport = SQSTransport(client=self.sqs_client, queue_url=request.reply_to)
-        return transport.send(body, {"media_type": {"DataType": "String", "StringValue": TargetReport.MEDIA_TYPE}})
-
-    def _encode(self, request: ParallelRequest, *, response: Any, ok: bool, exception: str | None) -> str | None:
-        content = target_payload(request, response=response, ok=ok, exception=exception, resp_ts_utc=utc_now())
-        content.update(
-            report_id=uuid.uuid4().hex,
-            on_target=list(request.on_target),
-            on_final=list(request.on_final),
-            expected=request.expected,
-        )
-        try:
-            return self.schema_registry.find(TargetReport.MEDIA_TYPE).encode(
-                content, opaque_data={CID_KEY: request.cid}
-            )
-        except (TypeError, ValueError):
-            return None
-
-    def _tokens(self) -> list[Any]:
-        if not hasattr(self._local, "tokens"):
-            self._local.tokens = []
-        return self._local.tokens  # type: ignore[no-any-return]
-
-
 @defaults(callback_queue_url=None)
 def configure_parallel(graph: ObjectGraph) -> Parallel:
     """microcosm factory: ``graph.parallel``, reading ``parallel.callback_queue_url``."""
@@ -445,24 +320,4 @@ def configure_parallel(graph: ObjectGraph) -> Parallel:
         producer=graph.sns_producer,
         source=graph.metadata.name,
         callback_queue_url=graph.config.parallel.callback_queue_url or None,
-    )
-
-
-@defaults(mode=FailureMode.REPORT.value, max_message_bytes=CALLBACK_MAX_BYTES)
-def configure_parallel_reporter(graph: ObjectGraph) -> ParallelReporter:
-    """microcosm factory: ``graph.parallel_reporter``; list it in ``sqs_message_dispatcher.middleware``.
-
-    Raises:
-        ConfigurationError: ``parallel_reporter.mode`` is neither ``report`` nor ``retry-first``.
-    """
-    config = graph.config.parallel_reporter
-    try:
-        mode = FailureMode(config.mode)
-    except ValueError:
-        raise ConfigurationError(f"parallel_reporter.mode is {config.mode!r}: use 'report' or 'retry-first'") from None
-    return ParallelReporter(
-        sqs_client=graph.sqs_client,
-        schema_registry=graph.pubsub_message_schema_registry,
-        mode=mode,
-        max_message_bytes=int(config.max_message_bytes),
     )
