@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from microcosm.api import defaults
 
 from microbus.dispatch import Middleware, Outcome, Result
-from microbus.errors import ConfigurationError, ResponseTooLargeError, TransportError
+from microbus.errors import (
+    ConfigurationError,
+    PatternError,
+    ResponseNotSerializableError,
+    ResponseTooLargeError,
+    TransportError,
+)
 from microbus.message import SQSMessage
 from microbus.parallel import CID_KEY, ParallelRequest, TargetReport, bind_cid, target_payload, unbind_cid, utc_now
 from microbus.registry import SchemaRegistry
@@ -125,19 +131,27 @@ class ParallelReporter(Middleware):
         response = result.response if ok else None
         exception = None if ok else exception_text(result.error, result.reason)
         body = self._encode(request, response=response, ok=ok, exception=exception)
-        if body is None or len(body.encode()) > self.max_message_bytes:
-            size = len(body.encode()) if body is not None else 0
-            problem = ResponseTooLargeError(
-                f"The response of target {request.target!r} is {size} bytes, over the callback message limit of "
-                f"{self.max_message_bytes}: return a reference (e.g. an S3 key) instead"
-                if body is not None
-                else f"The response of target {request.target!r} is not JSON-serializable: return plain data"
-            )
+        problem = self._unsendable(request, body)
+        if problem is not None:
             logger.error("%s (cid %r)", problem, request.cid)
             body = self._encode(request, response=None, ok=False, exception=f"{type(problem).__name__}: {problem}")
-            assert body is not None
+        assert body is not None
         transport = SQSTransport(client=self.sqs_client, queue_url=request.reply_to)
         return transport.send(body, {"media_type": {"DataType": "String", "StringValue": TargetReport.MEDIA_TYPE}})
+
+    def _unsendable(self, request: ParallelRequest, body: str | None) -> PatternError | None:
+        """Why a report cannot travel as it is (its response is not JSON, or too large), else None."""
+        if body is None:
+            return ResponseNotSerializableError(
+                f"The response of target {request.target!r} is not JSON-serializable: return plain data"
+            )
+        size = len(body.encode())
+        if size > self.max_message_bytes:
+            return ResponseTooLargeError(
+                f"The response of target {request.target!r} is {size} bytes, over the callback message limit of "
+                f"{self.max_message_bytes}: return a reference (e.g. an S3 key) instead"
+            )
+        return None
 
     def _encode(self, request: ParallelRequest, *, response: Any, ok: bool, exception: str | None) -> str | None:
         content = target_payload(request, response=response, ok=ok, exception=exception, resp_ts_utc=utc_now())

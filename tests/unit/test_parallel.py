@@ -299,7 +299,7 @@ def test_a_response_too_large_for_a_callback_message_is_reported_as_a_clear_fail
 def test_a_response_that_is_not_json_is_reported_as_a_clear_failure():
     (report,) = run_target(lambda content: {"when": object()})[1].reports()
     assert report["ok"] is False
-    assert "not JSON-serializable" in report["exception"]
+    assert report["exception"].startswith("ResponseNotSerializableError: The response of target 'unit.inventory'")
 
 
 def test_a_message_outside_parallel_execution_is_not_reported():
