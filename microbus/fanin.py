@@ -265,7 +265,9 @@ class CallbackRunner(Middleware):
             return True
         if self.store is None:
             raise ConfigurationError("A fan-out report arrived but no fan-in table is set: set fan_in_store.table_name")
-        delivery_id = self._local.delivery_id
+        delivery_id = getattr(self._local, "delivery_id", None)
+        if delivery_id is None:
+            raise ConfigurationError("CallbackRunner must be in its dispatcher's middleware to handle fan-out reports")
         recorded_now, state = self.store.record(report, payload, delivery_id=delivery_id)
         decision = decide(state, delivery_id=delivery_id, recorded_now=recorded_now, has_final=bool(report["on_final"]))
         if not decision.run_on_target:

@@ -398,3 +398,10 @@ def test_registering_two_functions_under_one_callback_name_is_refused():
         @callback("unit.cb.twice")
         def second(payload):
             return None
+
+
+def test_a_fan_out_report_outside_a_dispatcher_says_how_to_wire_the_runner():
+    store = object()  # never reached
+    runner = CallbackRunner(transport=RecordingTransport(), schema_registry=SchemaRegistry(), store=store)
+    with pytest.raises(ConfigurationError, match="must be in its dispatcher's middleware"):
+        runner.handle_report({"expected": 2, "on_target": [], "on_final": ["f"], "cid": "c"})
