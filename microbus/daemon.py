@@ -22,13 +22,15 @@ logger = logging.getLogger(__name__)
 class ConsumerDaemon:
     """Base class of consumer daemons; subclasses set ``name`` and import their handlers.
 
-    ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them).
+    ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them);
+    ``dispatcher_component`` names the graph component that dispatches its messages.
     Configuration comes from ``defaults``, then the environment (microcosm's ``NAME__SECTION__KEY``),
     then the keyword overrides given to the constructor (the command line).
     """
 
     name: ClassVar[str] = ""
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
+    dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
 
     def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
         if not self.name:
@@ -55,14 +57,14 @@ class ConsumerDaemon:
         """Create the graph from defaults, environment and overrides."""
         loader = load_each(load_from_dict(self.defaults), load_from_environ, load_from_dict(self.overrides))
         graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
-        graph.use("sqs_consumer", "sqs_message_dispatcher")
+        graph.use("sqs_consumer", self.dispatcher_component)
         return graph
 
     def create_worker(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> Worker:
         """Build the worker that runs this daemon's queue."""
         return Worker(
             consumer=self.graph.sqs_consumer,
-            dispatcher=self.graph.sqs_message_dispatcher,
+            dispatcher=getattr(self.graph, self.dispatcher_component),
             concurrency=concurrency,
             grace_period_s=grace_period_s,
         )
