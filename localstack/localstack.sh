@@ -14,6 +14,9 @@
 #   MICROBUS_LOCALSTACK_JAVA    a java (>= 17) binary for DynamoDB Local (default: $JAVA_HOME/bin/java, then PATH)
 #   MICROBUS_LOCALSTACK_READY_TIMEOUT  seconds to wait for readiness (default 120)
 #   MICROBUS_LOCALSTACK_DYNAMODB_IN_MEMORY  1 (default) = DynamoDB Local runs with -inMemory
+#   MICROBUS_LOCALSTACK_SERVICES  default sqs,sns,dynamodb,s3
+#   MICROBUS_LOCALSTACK_STOP_GRACE  seconds stop waits for a graceful shutdown before SIGKILL (default 10)
+#   Other LocalStack settings pass through, e.g. EAGER_SERVICE_LOADING=1 (slower start, no slow first call).
 set -euo pipefail
 
 LS_HOME="${MICROBUS_LOCALSTACK_HOME:-$HOME/.cache/microbus/localstack}"
@@ -143,6 +146,11 @@ EOF
 cmd_install() {
     local t0 py pyver java_home key
     t0="$(now)"
+    mkdir -p "$LS_HOME"
+    if command -v flock >/dev/null 2>&1; then  # concurrent installs (e.g. pytest-xdist workers) take turns
+        exec 9>"$LS_HOME/.install.lock"
+        flock 9
+    fi
     py="$(find_python)"
     java_home="$(find_java_home)"
     pyver="$("$py" -c 'import sys; print(sys.version.split()[0])')"
@@ -152,7 +160,6 @@ cmd_install() {
         log "already installed in $LS_HOME"
         return 0
     fi
-    mkdir -p "$LS_HOME"
     rm -f "$STAMP"
     : >"$LS_HOME/install.log"
     log "installing LocalStack into $VENV (python $pyver) ..."
@@ -189,7 +196,7 @@ tagged_pids() {  # processes carrying our tag in their environment (catches a JV
 is_running() {
     local pgid
     pgid="$(read_state pgid || true)"
-    group_alive "$pgid"
+    [[ -n "$pgid" && -n "$(live_pids "$pgid" all)" ]]
 }
 
 cmd_endpoint() {
@@ -218,46 +225,44 @@ descendants() {  # pids of all descendants of $1 (portable fallback for tagged_p
               while (n > 0) { p = q[n--]; for (c in parent) if (parent[c] == p) { print c; q[++n] = c } } }'
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-all_gone() {  # $1 = pgid, $2 = tag, $3.. = extra pids
-    local pgid="$1" tag="$2" p; shift 2
-    group_alive "$pgid" && return 1
-    [[ -n "$(tagged_pids "$tag")" ]] && return 1
-    for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done
-    return 0
+live_pids() {  # $1 = pgid, $2 = "all"|"others", $3.. = candidate pids; prints live (non-zombie) pids that
+              # are in the group (only for "all") or among the candidates and not in the group
+    local pgid="$1" which="$2"; shift 2
+    ps -eo pid=,pgid=,stat= 2>/dev/null | awk -v g="${pgid:--1}" -v which="$which" -v cands="$*" '
+        BEGIN { n = split(cands, c, " "); for (i = 1; i <= n; i++) cand[c[i]] = 1 }
+        $3 ~ /^Z/ { next }
+        $2 == g { if (which == "all") print $1; next }
+        ($1 in cand) { print $1 }'
 }
 
 cmd_stop() {
-    local pgid tag port pids p deadline grace="${MICROBUS_LOCALSTACK_STOP_GRACE:-10}"
+    local pgid tag pids p deadline grace="${MICROBUS_LOCALSTACK_STOP_GRACE:-10}"
     if [[ ! -d "$LS_STATE" ]]; then log "not running"; return 0; fi
     pgid="$(read_state pgid || true)"
-    port="$(read_state port || true)"
     tag="$(read_state tag || true)"
     # LocalStack starts the DynamoDB Local JVM with start_new_session=True, i.e. in a process group of its
     # own: killing LocalStack's group alone could leave the JVM running. It is found through the tag in its
     # environment (Linux /proc) and, as a fallback, as a descendant of LocalStack.
-    # shellcheck disable=SC2207
-    pids=($(tagged_pids "$tag") $(descendants "$pgid"))
-    # Graceful stop, bounded: on SIGTERM LocalStack stops its services (DynamoDB Local included), then its
-    # HTTP server. The interpreter's final garbage collection after that takes seconds of CPU and there is
-    # no state to keep, so once the port is closed and no other tagged process is left, or after the grace
-    # period, whatever is left is killed.
-    if group_alive "$pgid"; then kill -TERM -- "-$pgid" 2>/dev/null || true; fi
+    pids="$(tagged_pids "$tag") $(descendants "$pgid")"
+    pids="${pids//$'\n'/ }"
+    # SIGTERM lets LocalStack stop its services, which stops the JVM. LocalStack holds no state worth
+    # keeping, and after that its interpreter spends seconds of CPU in a final garbage collection, so
+    # once the JVM is gone (or after the grace period) everything left is killed.
+    # (If LocalStack itself is already gone, e.g. crashed, nobody will stop the JVM: no grace period.)
+    [[ -n "$(live_pids "$pgid" all)" ]] || grace=0
+    [[ -n "$pgid" ]] && kill -TERM -- "-$pgid" 2>/dev/null || true
     deadline=$(( $(date +%s) + grace ))
-    while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do
-        if [[ -n "$port" ]] && ! port_open "$port" && [[ -z "$(tagged_pids "$tag" | grep -vx "$pgid")" ]]; then
-            break
-        fi
+    while [[ -n "$(live_pids "$pgid" others $pids $(tagged_pids "$tag"))" ]] && (( $(date +%s) < deadline )); do
         sleep 0.1
     done
-    if ! all_gone "$pgid" "$tag" "${pids[@]}"; then
-        if group_alive "$pgid"; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
-        for p in "${pids[@]}" $(tagged_pids "$tag"); do kill -KILL "$p" 2>/dev/null || true; done
-        deadline=$(( $(date +%s) + 5 ))
-        while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do sleep 0.1; done
-    fi
-    all_gone "$pgid" "$tag" "${pids[@]}" || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
+    [[ -n "$pgid" ]] && kill -KILL -- "-$pgid" 2>/dev/null || true
+    for p in $(live_pids "$pgid" others $pids $(tagged_pids "$tag")); do kill -KILL "$p" 2>/dev/null || true; done
+    deadline=$(( $(date +%s) + 10 ))
+    while [[ -n "$(live_pids "$pgid" all $pids $(tagged_pids "$tag"))" ]] && (( $(date +%s) < deadline )); do
+        sleep 0.1
+    done
+    [[ -z "$(live_pids "$pgid" all $pids $(tagged_pids "$tag"))" ]] \
+        || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
     rm -rf "$LS_STATE"
     log "stopped"
 }
@@ -297,6 +302,8 @@ cmd_start() {
                LOCALSTACK_TELEMETRY_DISABLED=1 SKIP_SSL_CERT_DOWNLOAD=1 \
                DYNAMODB_IN_MEMORY="${MICROBUS_LOCALSTACK_DYNAMODB_IN_MEMORY:-1}" \
                API_ENDPOINT="http://127.0.0.1:9" ANALYTICS_API="http://127.0.0.1:9" \
+               NO_PROXY="127.0.0.1,localhost,localhost.localstack.cloud${NO_PROXY:+,$NO_PROXY}" \
+               no_proxy="127.0.0.1,localhost,localhost.localstack.cloud${no_proxy:+,$no_proxy}" \
                AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
                MICROBUS_LOCALSTACK_TAG="$tag"
         cd "$LS_STATE"
@@ -362,7 +369,7 @@ EOF
 }
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
