@@ -61,7 +61,7 @@ find_python() {
     fi
     # A pyenv shim named python3.13 may exist but fail when 3.13 is not selected, hence the run test.
     for c in "$(command -v python3.13 || true)" \
-             $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null | sort -rV) \
+             $(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 | sort -rV) \
              /usr/local/bin/python3.13 /usr/bin/python3.13 /opt/homebrew/bin/python3.13; do
         is_py313 "$c" && { echo "$c"; return 0; }
     done
@@ -182,15 +182,10 @@ cmd_install() {
 
 read_state() { [[ -f "$LS_STATE/$1" ]] && cat "$LS_STATE/$1"; }
 
-group_alive() { [[ -n "${1:-}" ]] && kill -0 -- "-$1" 2>/dev/null; }
-
 tagged_pids() {  # processes carrying our tag in their environment (catches a JVM in its own session)
-    local tag="$1" f
+    local tag="$1"
     [[ -n "$tag" && -d /proc/self ]] || return 0
-    for f in $(grep -lzx "MICROBUS_LOCALSTACK_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null); do
-        f="${f#/proc/}"; echo "${f%/environ}"
-    done
-    return 0
+    { grep -lzx "MICROBUS_LOCALSTACK_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null || true; } | cut -d/ -f3
 }
 
 is_running() {
@@ -225,10 +220,10 @@ descendants() {  # pids of all descendants of $1 (portable fallback for tagged_p
               while (n > 0) { p = q[n--]; for (c in parent) if (parent[c] == p) { print c; q[++n] = c } } }'
 }
 
-live_pids() {  # $1 = pgid, $2 = "all"|"others", $3.. = candidate pids; prints live (non-zombie) pids that
-              # are in the group (only for "all") or among the candidates and not in the group
-    local pgid="$1" which="$2"; shift 2
-    ps -eo pid=,pgid=,stat= 2>/dev/null | awk -v g="${pgid:--1}" -v which="$which" -v cands="$*" '
+live_pids() {  # $1 = pgid, $2 = "all"|"others", $3 = candidate pids (whitespace-separated); prints live
+              # (non-zombie) pids that are in the group (only for "all") or among the candidates
+    local pgid="$1" which="$2" cands="${3:-}"
+    ps -eo pid=,pgid=,stat= 2>/dev/null | awk -v g="${pgid:--1}" -v which="$which" -v cands="$cands" '
         BEGIN { n = split(cands, c, " "); for (i = 1; i <= n; i++) cand[c[i]] = 1 }
         $3 ~ /^Z/ { next }
         $2 == g { if (which == "all") print $1; next }
@@ -244,7 +239,6 @@ cmd_stop() {
     # own: killing LocalStack's group alone could leave the JVM running. It is found through the tag in its
     # environment (Linux /proc) and, as a fallback, as a descendant of LocalStack.
     pids="$(tagged_pids "$tag") $(descendants "$pgid")"
-    pids="${pids//$'\n'/ }"
     # SIGTERM lets LocalStack stop its services, which stops the JVM. LocalStack holds no state worth
     # keeping, and after that its interpreter spends seconds of CPU in a final garbage collection, so
     # once the JVM is gone (or after the grace period) everything left is killed.
@@ -252,16 +246,16 @@ cmd_stop() {
     [[ -n "$(live_pids "$pgid" all)" ]] || grace=0
     [[ -n "$pgid" ]] && kill -TERM -- "-$pgid" 2>/dev/null || true
     deadline=$(( $(date +%s) + grace ))
-    while [[ -n "$(live_pids "$pgid" others $pids $(tagged_pids "$tag"))" ]] && (( $(date +%s) < deadline )); do
+    while [[ -n "$(live_pids "$pgid" others "$pids $(tagged_pids "$tag")")" ]] && (( $(date +%s) < deadline )); do
         sleep 0.1
     done
     [[ -n "$pgid" ]] && kill -KILL -- "-$pgid" 2>/dev/null || true
-    for p in $(live_pids "$pgid" others $pids $(tagged_pids "$tag")); do kill -KILL "$p" 2>/dev/null || true; done
+    for p in $(live_pids "$pgid" others "$pids $(tagged_pids "$tag")"); do kill -KILL "$p" 2>/dev/null || true; done
     deadline=$(( $(date +%s) + 10 ))
-    while [[ -n "$(live_pids "$pgid" all $pids $(tagged_pids "$tag"))" ]] && (( $(date +%s) < deadline )); do
+    while [[ -n "$(live_pids "$pgid" all "$pids $(tagged_pids "$tag")")" ]] && (( $(date +%s) < deadline )); do
         sleep 0.1
     done
-    [[ -z "$(live_pids "$pgid" all $pids $(tagged_pids "$tag"))" ]] \
+    [[ -z "$(live_pids "$pgid" all "$pids $(tagged_pids "$tag")")" ]] \
         || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
     rm -rf "$LS_STATE"
     log "stopped"
@@ -273,11 +267,15 @@ cmd_start() {
     [[ -x "$VPY" && -f "$STAMP" ]] || die "LocalStack is not installed in $LS_HOME; run '$0 install' first."
     [[ -x "$JAVA_LINK/bin/java" ]] || die "the Java link $JAVA_LINK is broken; run '$0 install' again."
     if is_running; then
+        [[ -z "$port" || "$port" == "$(read_state port)" ]] \
+            || die "already running on port $(read_state port) (state dir $LS_STATE); stop it first."
         log "already running (state dir $LS_STATE)"
         cat "$LS_STATE/endpoint"; echo
         return 0
     fi
-    [[ -d "$LS_STATE" ]] && cmd_stop >/dev/null 2>&1  # stale state: clean up leftovers (e.g. an orphaned JVM)
+    if [[ -d "$LS_STATE" ]]; then  # stale state: clean up leftovers (e.g. a JVM orphaned by a crash)
+        ( cmd_stop ) >/dev/null 2>&1 || die "could not clean up the stale state in $LS_STATE; run '$0 stop'."
+    fi
     if [[ -z "$port" ]]; then
         port="$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     else
@@ -361,7 +359,7 @@ EOF
         else log "LocalStack not ready after ${READY_TIMEOUT}s; log tail:"; fi
         tail -n 40 "$LS_STATE/localstack.log" >&2 || true
         cp "$LS_STATE/localstack.log" "$LS_HOME/last-failed-start.log" 2>/dev/null || true
-        cmd_stop >/dev/null 2>&1 || true
+        ( cmd_stop ) >/dev/null 2>&1 || true
         die "start failed (log kept in $LS_HOME/last-failed-start.log)."
     fi
     log "ready in $(elapsed "$t0") s (log: $LS_STATE/localstack.log)"

@@ -57,7 +57,7 @@ class Worker:
         consumer: the queue's consumer.
         dispatcher: calls handlers and applies outcomes.
         concurrency: handler threads.
-        prefetch: messages received ahead of free handler threads.
+        prefetch: messages received ahead of free handler threads (default 10, one receive batch).
         grace_period_s: on stop, how long in-flight handlers may take to finish.
         max_transport_backoff_s: cap of the pause between failed receives.
     """
@@ -75,7 +75,7 @@ class Worker:
         self.consumer = consumer
         self.dispatcher = dispatcher
         self.concurrency = max(1, concurrency)
-        self.capacity = self.concurrency + (prefetch if prefetch is not None else min(10, self.concurrency))
+        self.capacity = self.concurrency + (prefetch if prefetch is not None else 10)
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
         self.stats = Stats()
