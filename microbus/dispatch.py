@@ -128,11 +128,15 @@ class SQSMessageDispatcher:
         self.delete_undeliverable = delete_undeliverable
 
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
-        """Call the message's handler and return the outcome; never raises for handler errors."""
+        """Call the message's handler and return the outcome; never raises for handler errors.
+
+        ``max_attempts`` is the queue's redrive ``maxReceiveCount``; a configured
+        ``retry_policy.max_attempts`` takes precedence over it.
+        """
         started = time.monotonic()
         result = self._invoke(message)
         result.elapsed_s = time.monotonic() - started
-        limit = max_attempts or self.retry_policy.max_attempts or self.retry_policy.default_max_attempts
+        limit = self.retry_policy.max_attempts or max_attempts or self.retry_policy.default_max_attempts
         if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
             result.outcome = Outcome.EXPIRED
             result.reason = "max-attempts"

@@ -13,6 +13,7 @@ from types import FrameType
 from microbus.consumer import BatchAcker, SQSConsumer
 from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
 from microbus.errors import QueueNotFoundError, TransportError
+from microbus.heartbeat import VisibilityHeartbeat
 from microbus.message import SQSMessage
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Worker:
         prefetch: messages received ahead of free handler threads.
         grace_period_s: on stop, how long in-flight handlers may take to finish.
         max_transport_backoff_s: cap of the pause between failed receives.
+        heartbeat_fraction: extend a held message's visibility each time this fraction of the queue's
+            visibility timeout has passed, until its handler finishes (0 disables the heartbeat).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Worker:
         prefetch: int | None = None,
         grace_period_s: float = 30.0,
         max_transport_backoff_s: float = 20.0,
+        heartbeat_fraction: float = 0.5,
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
@@ -78,6 +82,8 @@ class Worker:
         self.capacity = self.concurrency + (prefetch if prefetch is not None else min(10, self.concurrency))
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
+        self.heartbeat_fraction = heartbeat_fraction
+        self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -95,7 +101,14 @@ class Worker:
             QueueNotFoundError: the queue does not exist.
             TransportError: the queue could not be reached.
         """
-        self._max_attempts = self.consumer.queue_info().max_receive_count
+        queue_info = self.consumer.queue_info()
+        self._max_attempts = queue_info.max_receive_count
+        self.heartbeat = VisibilityHeartbeat(
+            consumer=self.consumer,
+            visibility_timeout_seconds=queue_info.visibility_timeout_seconds,
+            fraction=self.heartbeat_fraction,
+        )
+        self.heartbeat.start()
         self._acker = BatchAcker(self.consumer)
         self._threads = [threading.Thread(target=self._poll, name="microbus-poller", daemon=True)]
         self._threads += [
@@ -118,7 +131,7 @@ class Worker:
 
     def join(self) -> None:
         """Wait for the stop, then shut down in order: poller, handlers (within the grace period),
-        return unstarted messages at once, flush acks."""
+        heartbeat, return unstarted messages at once, flush acks."""
         self._stopping.wait()
         poller, workers = self._threads[0], self._threads[1:]
         poller.join(self.consumer.wait_seconds + 35)
@@ -130,6 +143,8 @@ class Worker:
         unfinished = sum(thread.is_alive() for thread in workers)
         if unfinished:
             logger.warning("%d handlers still running after the %.0fs grace period", unfinished, self.grace_period_s)
+        assert self.heartbeat is not None
+        self.heartbeat.stop()
         self._release_unstarted()
         assert self._acker is not None
         self._acker.close()
@@ -172,6 +187,10 @@ class Worker:
                 if failures == 0:
                     logger.warning("Receive failing, backing off until it recovers: %s", exc)
                 failures += 1
+            except Exception:  # a bug or a misconfiguration must not silently kill the poller
+                if failures == 0:
+                    logger.exception("Receive failed unexpectedly, backing off")
+                failures += 1
             else:
                 if failures:
                     logger.info("Receive recovered after %d failed attempts", failures)
@@ -184,16 +203,19 @@ class Worker:
         with self._cond:
             self._outstanding += len(messages)
         self.stats.received += len(messages)
+        assert self.heartbeat is not None
         for message in messages:
+            self.heartbeat.track(message)
             self._queue.put(message)
 
     def _work(self) -> None:
-        assert self._acker is not None
+        assert self._acker is not None and self.heartbeat is not None
         while (message := self._queue.get()) is not None:
             if self.stopping:
                 self._queue.put(message)
                 break
             result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+            self.heartbeat.untrack(message)
             self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
             self.stats.count(result)
             self._done(1)
