@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -92,17 +91,15 @@ def test_a_zero_fraction_disables_the_heartbeat():
     assert not heartbeat.enabled
 
 
-@pytest.mark.parametrize("fraction, starts", [(0.5, 1), (0.0, 2)], ids=["heartbeat", "no-heartbeat"])
-def test_a_worker_does_not_redeliver_a_handler_that_runs_three_timeouts(fraction, starts):
+@pytest.mark.parametrize("fraction, redelivered", [(0.5, False), (0.0, True)], ids=["heartbeat", "no-heartbeat"])
+def test_a_worker_does_not_redeliver_a_handler_that_runs_three_timeouts(fraction, redelivered):
     # Given a stub queue with a 1 s timeout and a handler that takes 3 s (without a heartbeat: redelivered)
     stub = StubQueue(visibility_timeout_s=1)
     started = []
-    done = threading.Event()
 
     def slow(content):
         started.append(content["order_id"])
         time.sleep(3.0)
-        done.set()
 
     stub.put({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: slow}))
@@ -110,10 +107,12 @@ def test_a_worker_does_not_redeliver_a_handler_that_runs_three_timeouts(fraction
     worker.start()
     try:
         # When it runs
-        wait_for(lambda: worker.stats.outcomes[Outcome.SUCCEEDED.label] == starts, timeout_s=10)
+        finished = lambda: worker.stats.outcomes[Outcome.SUCCEEDED.label] >= 1 and stub.depth == 0  # noqa: E731
+        wait_for(lambda: len(started) > 1 or finished(), timeout_s=10)
+        finished_once = finished() and len(started) == 1
     finally:
         worker.stop()
         worker.join()
-    # Then it was started once (twice without the heartbeat) and deleted
-    assert started == ["o-1"] * starts
-    assert stub.depth == 0
+    # Then it was started once and deleted (without the heartbeat: started again while running)
+    assert (len(started) > 1) is redelivered
+    assert finished_once is not redelivered
