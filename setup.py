@@ -46,6 +46,7 @@ setup(
             "sqs_client = microbus.transport:configure_sqs_client",
             "aws = microbus.transport:configure_aws",
             "dynamodb_client = microbus.transport:configure_dynamodb_client",
+            "idempotency_guard = microbus.idempotency:configure_idempotency_guard",
         ],
     },
 )

@@ -22,6 +22,13 @@ from microbus.errors import (
     TransientTransportError,
     TransportError,
 )
+from microbus.heartbeat import VisibilityHeartbeat
+from microbus.idempotency import (
+    DynamoDBIdempotencyStore,
+    IdempotencyGuard,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+)
 from microbus.message import SQSMessage
 from microbus.producer import SNSProducer, TopicArns
 from microbus.registry import HandlerRegistry, SchemaRegistry, handles, schema
@@ -54,8 +61,13 @@ __all__ = [
     "Outcome",
     "Action",
     "Result",
+    "IdempotencyGuard",
+    "IdempotencyStore",
+    "DynamoDBIdempotencyStore",
+    "MemoryIdempotencyStore",
     # runtime
     "Worker",
+    "VisibilityHeartbeat",
     "ConsumerDaemon",
     # errors and handler signals
     "MicrobusError",

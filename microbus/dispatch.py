@@ -16,9 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
-from microbus.errors import DecodeError, IgnoreMessage, Nack, NoHandlerError, SkipMessage, TransportError
+from microbus.errors import (
+    ConfigurationError,
+    DecodeError,
+    IgnoreMessage,
+    Nack,
+    NoHandlerError,
+    SkipMessage,
+    TransportError,
+)
+from microbus.idempotency import IdempotencyGuard
 from microbus.message import SQSMessage
-from microbus.registry import HandlerRegistry
+from microbus.registry import Handler, HandlerRegistry
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -110,6 +119,10 @@ class SQSMessageDispatcher:
             for queues that carry several services' messages; otherwise they are dead-lettered.
         delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
             leaving them to the queue's redrive policy.
+        idempotency: runs the handlers registered with ``idempotent=True`` at most once per message key.
+
+    Raises:
+        ConfigurationError: some handlers are idempotent and no ``idempotency`` guard is given.
     """
 
     def __init__(
@@ -120,12 +133,19 @@ class SQSMessageDispatcher:
         source: str = "microbus",
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
+        idempotency: IdempotencyGuard | None = None,
     ) -> None:
+        if handler_registry.idempotent and idempotency is None:
+            raise ConfigurationError(
+                f"Handlers of {', '.join(sorted(handler_registry.idempotent))} are idempotent: "
+                "give the dispatcher an idempotency guard (graph.idempotency_guard)"
+            )
         self.handler_registry = handler_registry
         self.retry_policy = retry_policy or RetryPolicy()
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
+        self.idempotency = idempotency
 
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Call the message's handler and return the outcome; never raises for handler errors.
@@ -156,7 +176,7 @@ class SQSMessageDispatcher:
             return self._reject(result, error)
         assert handler is not None and message.content is not None
         try:
-            response = handler(message.content)
+            response = self._call(handler, message)
         except Nack as exc:
             return result(
                 Outcome.RETRIED, retry_after_s=exc.visibility_timeout_seconds or 0, error=exc, extra=exc.extra
@@ -168,6 +188,13 @@ class SQSMessageDispatcher:
         except Exception as exc:
             return result(Outcome.FAILED, reason="handler-error", error=exc)
         return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)
+
+    def _call(self, handler: Handler, message: SQSMessage) -> Any:
+        content = message.content
+        assert content is not None
+        if self.idempotency is None or message.media_type not in self.handler_registry.idempotent:
+            return handler(content)
+        return self.idempotency.run(f"{self.source}#{message.idempotency_key}", lambda: handler(content))
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
@@ -245,6 +272,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         source=graph.metadata.name,
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
+        idempotency=graph.idempotency_guard if graph.sqs_message_handler_registry.idempotent else None,
     )
 
 
