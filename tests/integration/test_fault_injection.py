@@ -265,7 +265,7 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(make_queue, daemons, le
         assert attributes["microbus.daemon"] == "fault"
         assert attributes["microbus.error_class"] != "-"
         assert attributes["microbus.dead_lettered_at"]
-        match = re.search(r"poison-(\d+)", message["Body"]) or re.search(r'\\"n\\": 100(\d\d)', message["Body"])
+        match = re.search(r"poison-(\d+)", message["Body"]) or re.search(r'\\"n\\":\s*100(\d\d)', message["Body"])
         assert match, message["Body"]
         reasons[int(match.group(1))] = attributes["microbus.reason"]
     assert reasons == {i: POISON_REASONS[kinds[i % 5]] for i in range(50)}
