@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_VISIBILITY_S = 43_200
+
 
 class Action(Enum):
     """What happens to a message on the queue."""
@@ -71,7 +73,7 @@ class Result:
     message_id: str
     receive_count: int
     elapsed_s: float = 0.0
-    retry_after_s: int = 0
+    retry_after_s: int | None = None
     reason: str | None = None
     error: BaseException | None = None
     response: Any = None
@@ -160,7 +162,7 @@ class SQSMessageDispatcher:
         if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
             result.outcome = Outcome.EXPIRED
             result.reason = "max-attempts"
-        if result.outcome.action is Action.RETRY and not result.retry_after_s:
+        if result.outcome.action is Action.RETRY and result.retry_after_s is None:
             result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
         return result
 
@@ -179,7 +181,7 @@ class SQSMessageDispatcher:
             response = self._call(handler, message)
         except Nack as exc:
             return result(
-                Outcome.RETRIED, retry_after_s=exc.visibility_timeout_seconds or 0, error=exc, extra=exc.extra
+                Outcome.RETRIED, retry_after_s=_visibility(exc.visibility_timeout_seconds), error=exc, extra=exc.extra
             )
         except SkipMessage as exc:
             return result(Outcome.SKIPPED, reason=str(exc), extra=exc.extra)
@@ -214,7 +216,7 @@ class SQSMessageDispatcher:
             if result.outcome.action is Action.ACK:
                 ack(message)
             elif result.outcome.action is Action.RETRY:
-                consumer.nack(message, result.retry_after_s)
+                consumer.nack(message, result.retry_after_s or 0)
             elif not consumer.dead_letter(
                 message, reason=result.reason or "rejected", error=result.error, source=self.source
             ):
@@ -274,6 +276,11 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         delete_undeliverable=_truthy(config.delete_undeliverable),
         idempotency=graph.idempotency_guard if graph.sqs_message_handler_registry.idempotent else None,
     )
+
+
+def _visibility(seconds: int | None) -> int | None:
+    """A handler's requested retry delay, within SQS's 0..12 h; None means: use the backoff."""
+    return None if seconds is None else max(0, min(MAX_VISIBILITY_S, int(seconds)))
 
 
 def _truthy(value: Any) -> bool:

@@ -10,13 +10,27 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from microbus.consumer import BatchAcker, SQSConsumer
+from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
 from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
-from microbus.errors import QueueNotFoundError, TransportError
+from microbus.errors import EndpointUnreachableError, QueueNotFoundError, TransientTransportError, TransportError
 from microbus.heartbeat import VisibilityHeartbeat
 from microbus.message import SQSMessage
 
 logger = logging.getLogger(__name__)
+
+
+def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> float:
+    """Pause after the ``failures``-th consecutive failed call: ``base_s * 2**failures``, capped at ``max_s``."""
+    return min(max_s, base_s * 2 ** min(failures, 16))
+
+
+def _log_receive_failure(exc: Exception) -> None:
+    if isinstance(exc, QueueNotFoundError):
+        logger.error("Receive failing, backing off until the queue exists: %s", exc)
+    elif isinstance(exc, TransportError):
+        logger.warning("Receive failing, backing off until it recovers: %s", exc)
+    else:
+        logger.error("Receive failing unexpectedly, backing off", exc_info=exc)
 
 
 @dataclass
@@ -95,13 +109,16 @@ class Worker:
         self._max_attempts: int | None = None
 
     def start(self) -> None:
-        """Check the queue, then start the poller and the handler threads.
+        """Read the queue's settings (waiting while the endpoint is unreachable), then start the poller,
+        the heartbeat and the handler threads.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
-            TransportError: the queue could not be reached.
+            TransportError: the queue refused the call (e.g. access denied).
         """
-        queue_info = self.consumer.queue_info()
+        queue_info = self._wait_for_queue_info()
+        if queue_info is None:
+            return
         self._max_attempts = queue_info.max_receive_count
         self.heartbeat = VisibilityHeartbeat(
             consumer=self.consumer,
@@ -118,6 +135,23 @@ class Worker:
         for thread in self._threads:
             thread.start()
 
+    def _wait_for_queue_info(self) -> QueueInfo | None:
+        """The queue's settings; while the endpoint is unreachable or failing, wait for it (None if stopped)."""
+        failures = 0
+        while not self.stopping:
+            try:
+                queue_info = self.consumer.queue_info()
+            except (EndpointUnreachableError, TransientTransportError) as exc:
+                if failures == 0:
+                    logger.warning("Queue unreachable at start, waiting for it: %s", exc)
+                failures += 1
+                self._stopping.wait(transport_backoff_s(failures, max_s=self.max_transport_backoff_s))
+                continue
+            if failures:
+                logger.info("Queue reachable after %d failed attempts", failures)
+            return queue_info
+        return None
+
     def stop(self) -> None:
         """Ask the worker to stop receiving; :meth:`join` finishes the shutdown."""
         self._stopping.set()
@@ -133,6 +167,9 @@ class Worker:
         """Wait for the stop, then shut down in order: poller, handlers (within the grace period),
         heartbeat, return unstarted messages at once, flush acks."""
         self._stopping.wait()
+        if not self._threads:  # stopped before it started
+            self._stopped.set()
+            return
         poller, workers = self._threads[0], self._threads[1:]
         poller.join(self.consumer.wait_seconds + 35)
         for _ in workers:
@@ -180,24 +217,16 @@ class Worker:
                 continue
             try:
                 messages = self.consumer.consume(limit=min(10, slots))
-            except QueueNotFoundError as exc:
-                logger.error("%s", exc)
-                failures += 1
-            except TransportError as exc:
+            except Exception as exc:  # transport faults, and bugs: the poller must never die
                 if failures == 0:
-                    logger.warning("Receive failing, backing off until it recovers: %s", exc)
+                    _log_receive_failure(exc)
                 failures += 1
-            except Exception:  # a bug or a misconfiguration must not silently kill the poller
-                if failures == 0:
-                    logger.exception("Receive failed unexpectedly, backing off")
-                failures += 1
-            else:
-                if failures:
-                    logger.info("Receive recovered after %d failed attempts", failures)
-                failures = 0
-                self._enqueue(messages)
+                self._stopping.wait(transport_backoff_s(failures, max_s=self.max_transport_backoff_s))
                 continue
-            self._stopping.wait(min(self.max_transport_backoff_s, 0.5 * 2 ** min(failures, 10)))
+            if failures:
+                logger.info("Receive recovered after %d failed attempts", failures)
+            failures = 0
+            self._enqueue(messages)
 
     def _enqueue(self, messages: list[SQSMessage]) -> None:
         with self._cond:
