@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> float:
     """Pause after the ``failures``-th consecutive failed call: ``base_s * 2**failures``, capped at ``max_s``."""
-    return min(max_s, base_s * 2 ** min(failures, 16))
+    return float(min(max_s, base_s * 2 ** min(failures, 16)))
 
 
 def _log_receive_failure(exc: Exception) -> None:

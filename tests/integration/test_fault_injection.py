@@ -323,3 +323,22 @@ def test_a_handler_running_three_visibility_timeouts_is_not_redelivered_until_ki
         dead_lettered=len(dead_letters(queue)),
         lost=2 - len(ledger.done()),
     )
+
+
+def test_a_second_signal_exits_at_once_and_the_running_message_comes_back(make_queue, daemons, ledger):
+    # Given a daemon running a 20 s handler and already stopping after a first SIGTERM
+    queue = make_queue(visibility_timeout_s=2)
+    daemon = daemons(queue).start()
+    producer_for(queue).produce(Work.MEDIA_TYPE, {"n": 0, "sleep_s": 20.0})
+    wait_for(lambda: ledger.started()[0] == 1, timeout_s=30, what="the handler to start")
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in daemon.log_text(), timeout_s=10, what="the first signal")
+    # When a second SIGTERM comes, Then it exits at once with status 1
+    signalled_at = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(5) == 1
+    assert time.monotonic() - signalled_at < 5
+    # And the unfinished message is handled by the next daemon
+    daemon.start()
+    wait_for(lambda: ledger.started()[0] == 2, timeout_s=15, what="the redelivery")
+    assert ledger.done()[0] == 0
