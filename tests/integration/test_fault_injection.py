@@ -231,6 +231,36 @@ def poison_body(kind, i):
     return json.dumps({"mediaType": Work.MEDIA_TYPE, "n": f"poison-{i}"})
 
 
+def poison_publisher(queue, producer):
+    """Publishes good items in batches, poison ones straight to SQS (or, for handler failures, through SNS)."""
+
+    def publish(batch):
+        for item in (item for item in batch if "poison" in item):
+            if item["kind"] == "fails":
+                producer.produce(Work.MEDIA_TYPE, {"n": 10_000 + item["poison"], "fail": True})
+            else:
+                queue.sqs.send_message(QueueUrl=queue.queue_url, MessageBody=poison_body(item["kind"], item["poison"]))
+        good = [item for item in batch if "n" in item]
+        if good:
+            producer.produce_batch(Work.MEDIA_TYPE, good)
+
+    return publish
+
+
+def poison_reasons(dlq):
+    """Poison number → ``microbus.reason``, checking the other reason attributes on the way."""
+    reasons = {}
+    for message in dlq:
+        attributes = {name: value["StringValue"] for name, value in message["MessageAttributes"].items()}
+        assert attributes["microbus.daemon"] == "fault"
+        assert attributes["microbus.error_class"] != "-"
+        assert attributes["microbus.dead_lettered_at"]
+        match = re.search(r"poison-(\d+)", message["Body"]) or re.search(r'\\"n\\":\s*100(\d\d)', message["Body"])
+        assert match, message["Body"]
+        reasons[int(match.group(1))] = attributes["microbus.reason"]
+    return reasons
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_poison_messages_go_to_the_dlq_with_their_reason(make_queue, daemons, ledger):
@@ -242,32 +272,14 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(make_queue, daemons, le
     items = [{"n": n} for n in range(1000)] + [{"poison": i, "kind": kinds[i % 5]} for i in range(50)]
     random.Random(3).shuffle(items)
 
-    def publish(batch):
-        good = [item for item in batch if "n" in item]
-        for item in (item for item in batch if "poison" in item):
-            if item["kind"] == "fails":
-                producer.produce(Work.MEDIA_TYPE, {"n": 10_000 + item["poison"], "fail": True})
-            else:
-                queue.sqs.send_message(QueueUrl=queue.queue_url, MessageBody=poison_body(item["kind"], item["poison"]))
-        if good:
-            producer.produce_batch(Work.MEDIA_TYPE, good)
-
     daemon = daemons(queue, "--concurrency", "4").start()
     # When the daemon consumes them
-    producing = paced_produce(publish, items, handled=lambda: len(ledger.done()))
+    producing = paced_produce(poison_publisher(queue, producer), items, handled=lambda: len(ledger.done()))
     producing.join(150)
     wait_for(lambda: len(ledger.done()) >= 1000 and queue.depth() == 0, timeout_s=90, what="everything")
     # Then every poison message is in the DLQ with its reason, every good one handled, and no restart
     dlq = dead_letters(queue)
-    reasons = {}
-    for message in dlq:
-        attributes = {name: value["StringValue"] for name, value in message["MessageAttributes"].items()}
-        assert attributes["microbus.daemon"] == "fault"
-        assert attributes["microbus.error_class"] != "-"
-        assert attributes["microbus.dead_lettered_at"]
-        match = re.search(r"poison-(\d+)", message["Body"]) or re.search(r'\\"n\\":\s*100(\d\d)', message["Body"])
-        assert match, message["Body"]
-        reasons[int(match.group(1))] = attributes["microbus.reason"]
+    reasons = poison_reasons(dlq)
     assert reasons == {i: POISON_REASONS[kinds[i % 5]] for i in range(50)}
     assert len(dlq) == 50
     assert set(ledger.done()) == set(range(1000))
