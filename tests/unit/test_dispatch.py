@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microbus import Outcome, Worker
+from microbus import BatchAcker, Outcome, Worker
 from microbus.dispatch import RetryPolicy, SQSMessageDispatcher
 from microbus.errors import EndpointUnreachableError, Nack
 from microbus.registry import HandlerRegistry
@@ -138,3 +138,23 @@ def test_a_worker_stopped_while_waiting_for_its_queue_joins_cleanly():
     worker.start()
     worker.join()
     assert worker.stats.received == 0
+
+
+def test_the_acker_retries_a_delete_that_failed_transiently():
+    # Given a queue whose first delete call cannot reach SQS
+    class Flaky(StubQueue):
+        failures = 1
+
+        def delete_batch(self, receipt_handles):
+            if self.failures:
+                self.failures -= 1
+                raise EndpointUnreachableError("Cannot reach the stub")
+            return super().delete_batch(receipt_handles)
+
+    stub = Flaky()
+    consumer, message = one_message(stub)
+    acker = BatchAcker(consumer, retry_base_s=0.01)
+    # When a message is acked, Then it is deleted on the second try
+    acker.ack(message)
+    acker.close()
+    assert stub.depth == 0 and acker.failed == 0
