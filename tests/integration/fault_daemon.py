@@ -37,6 +37,13 @@ def _record(event: str, n: int) -> None:
         os.close(fd)
 
 
+class WorkOnce(Work):
+    """The same work, handled idempotently (needs ``FAULT__IDEMPOTENCY_GUARD__TABLE_NAME``)."""
+
+    MEDIA_TYPE = "application/vnd.microbus.test.work-once"
+
+
+@handles(WorkOnce, idempotent=True)
 @handles(Work)
 def handle_work(content: dict[str, Any]) -> bool:
     """Record the start, sleep or fail as asked, record the end."""
@@ -53,7 +60,7 @@ class FaultDaemon(ConsumerDaemon):
     """Handles test work; short AWS timeouts and backoffs so that faults play out within a test."""
 
     name = "fault"
-    media_types = (Work,)
+    media_types = (Work, WorkOnce)
 
     @property
     def defaults(self) -> dict[str, Any]:
