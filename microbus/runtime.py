@@ -243,8 +243,10 @@ class Worker:
             if self.stopping:
                 self._queue.put(message)
                 break
-            result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
-            self.heartbeat.untrack(message)
+            try:
+                result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+            finally:  # never keep extending a message whose handling ended, however it ended
+                self.heartbeat.untrack(message)
             self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
             self.stats.count(result)
             self._done(1)
