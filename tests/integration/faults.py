@@ -102,22 +102,42 @@ class Daemon:
             self.kill()
 
 
-def paced_produce(
-    publish: Callable[[list[Any]], None], items: Sequence[Any], *, handled: Callable[[], int], max_ahead: int = 100
-) -> threading.Thread:
-    """Publish ``items`` in tens from a thread, never more than ``max_ahead`` ahead of ``handled()``.
+class PacedProducer(threading.Thread):
+    """Publishes ``items`` in tens, never more than ``max_ahead`` ahead of ``handled()``.
 
-    moto's cost per message grows with queue depth: this keeps the backlog shallow.
+    moto's cost per message grows with queue depth: this keeps the backlog shallow. :meth:`finish`
+    joins and re-raises what the publisher raised.
     """
 
-    def run() -> None:
-        for start in range(0, len(items), 10):
-            wait_for(lambda s=start: s - handled() < max_ahead, timeout_s=120, interval_s=0.05, what="the backlog")
-            publish(list(items[start : start + 10]))
+    def __init__(
+        self, publish: Callable[[list[Any]], None], items: Sequence[Any], handled: Callable[[], int], max_ahead: int
+    ) -> None:
+        super().__init__(name="paced-producer", daemon=True)
+        self.publish, self.items, self.handled, self.max_ahead = publish, items, handled, max_ahead
+        self.error: BaseException | None = None
 
-    thread = threading.Thread(target=run, name="paced-producer", daemon=True)
-    thread.start()
-    return thread
+    def run(self) -> None:
+        try:
+            for start in range(0, len(self.items), 10):
+                wait_for(lambda s=start: s - self.handled() < self.max_ahead, timeout_s=120, what="the backlog")
+                self.publish(list(self.items[start : start + 10]))
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def paced_produce(
+    publish: Callable[[list[Any]], None], items: Sequence[Any], *, handled: Callable[[], int], max_ahead: int = 100
+) -> PacedProducer:
+    """Start a :class:`PacedProducer`."""
+    producer = PacedProducer(publish, items, handled, max_ahead)
+    producer.start()
+    return producer
 
 
 def report(scenario: str, **figures: Any) -> None:
