@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 
 from microbus import Outcome, Worker
 from microbus.dispatch import SQSMessageDispatcher
+from microbus.errors import EndpointUnreachableError
 from microbus.heartbeat import Lease, VisibilityHeartbeat, due_for_extension, extension_s, seconds_until_due
 from microbus.registry import HandlerRegistry
 from microbus.testing import StubQueue, wait_for
@@ -116,3 +118,51 @@ def test_a_worker_does_not_redeliver_a_handler_that_runs_three_timeouts(fraction
     # Then it was started once and deleted (without the heartbeat: started again while running)
     assert (len(started) > 1) is redelivered
     assert finished_once is not redelivered
+
+
+def test_a_message_whose_extension_is_refused_is_no_longer_tracked():
+    # Given a tracked message whose receipt handle SQS refuses (e.g. it was deleted elsewhere)
+    stub = StubQueue(visibility_timeout_s=1)
+    stub.put({"mediaType": "x"})
+    consumer, message = received(stub)
+    stub.delete_batch([message.receipt_handle])
+    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
+    heartbeat.start()
+    try:
+        heartbeat.track(message)
+        # Then after the first failed extension it is dropped
+        wait_for(lambda: heartbeat.held == 0, timeout_s=3)
+        assert heartbeat.extensions == 0
+    finally:
+        heartbeat.stop()
+
+
+def test_extensions_that_cannot_reach_sqs_are_retried_and_logged_once(caplog):
+    # Given SQS unreachable for the first three extension calls
+    caplog.set_level(logging.INFO, logger="microbus.heartbeat")
+
+    class Flaky(StubQueue):
+        failures = 3
+
+        def change_visibility_batch(self, changes):
+            if self.failures:
+                self.failures -= 1
+                raise EndpointUnreachableError("Cannot reach the stub")
+            return super().change_visibility_batch(changes)
+
+    stub = Flaky(visibility_timeout_s=1)
+    stub.put({"mediaType": "x"})
+    consumer, message = received(stub)
+    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
+    heartbeat.start()
+    try:
+        heartbeat.track(message)
+        # Then it keeps trying until an extension succeeds, logging the failure once and the recovery once
+        wait_for(lambda: heartbeat.extensions >= 1, timeout_s=6)
+    finally:
+        heartbeat.stop()
+    assert stub.failures == 0
+    assert [r.message.split(",")[0] for r in caplog.records if "extension" in r.message] == [
+        "Visibility extension failing",
+        "Visibility extension recovered",
+    ]

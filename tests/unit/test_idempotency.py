@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from microbus import Outcome, Worker
@@ -19,6 +21,8 @@ from microbus.idempotency import (
 from microbus.registry import HandlerRegistry
 from microbus.testing import StubQueue, wait_for
 from schemas import OrderPlaced
+
+ORDER = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"}
 
 
 class Clock:
@@ -125,3 +129,36 @@ def test_a_message_delivered_twice_runs_its_idempotent_handler_once():
     # Then the handler ran once per id and every message was acked
     assert [m["opaque_data"]["x-microbus-message-id"] for m in seen] == ["m-1", "m-2"]
     assert worker.stats.outcomes[Outcome.SKIPPED.label] == 1
+
+
+def envelope(message: dict, sns_message_id: str = "sns-1") -> str:
+    return json.dumps(
+        {"Type": "Notification", "TopicArn": "arn:t", "MessageId": sns_message_id, "Message": json.dumps(message)}
+    )
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        (envelope({**ORDER, "opaqueData": {"x-microbus-message-id": "stamped"}}), "stamped"),
+        (envelope(ORDER, "sns-7"), "sns-7"),
+        (ORDER, "sqs"),
+    ],
+    ids=["stamped", "sns-message-id", "sqs-message-id"],
+)
+def test_the_idempotency_key_is_the_most_stable_id_available(body, key):
+    stub = StubQueue()
+    message_id = stub.put(body)
+    (message,) = stub.consumer().consume()
+    assert message.error is None
+    assert message.idempotency_key == (message_id if key == "sqs" else key)
+
+
+def test_the_producer_stamps_a_unique_message_id():
+    from microbus import SNSProducer, TopicArns
+    from microbus.registry import SchemaRegistry
+
+    producer = SNSProducer(transport=None, schema_registry=SchemaRegistry(), topic_arns=TopicArns(default="arn:t"))
+    first, second = (producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o"}) for _ in range(2))
+    ids = [json.loads(m.message)["opaqueData"]["x-microbus-message-id"] for m in (first, second)]
+    assert all(ids) and ids[0] != ids[1]
