@@ -53,6 +53,7 @@ setup(
             "fan_in_store = microbus.fanin:configure_fan_in_store",
             "parallel_callback_runner = microbus.fanin:configure_parallel_callback_runner",
             "parallel_callback_dispatcher = microbus.fanin:configure_parallel_callback_dispatcher",
+            "idempotency_guard = microbus.idempotency:configure_idempotency_guard",
         ],
     },
 )

@@ -27,6 +27,13 @@ from microbus.errors import (
     TransportError,
 )
 from microbus.fanin import CallbackDaemon, CallbackRunner, FanInStore
+from microbus.heartbeat import VisibilityHeartbeat
+from microbus.idempotency import (
+    DynamoDBIdempotencyStore,
+    IdempotencyGuard,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+)
 from microbus.message import SQSMessage
 from microbus.parallel import Parallel, callback, current_cid, register_target
 from microbus.producer import SNSProducer, TopicArns
@@ -62,8 +69,13 @@ __all__ = [
     "Action",
     "Result",
     "Middleware",
+    "IdempotencyGuard",
+    "IdempotencyStore",
+    "DynamoDBIdempotencyStore",
+    "MemoryIdempotencyStore",
     # runtime
     "Worker",
+    "VisibilityHeartbeat",
     "ConsumerDaemon",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",

@@ -15,6 +15,7 @@ from microbus.errors import MalformedBodyError, MessageValidationError, SchemaVi
 
 DEFAULT_MEDIA_TYPE = "application/json"
 PUBLISHED_KEY = "x-request-published"
+MESSAGE_ID_KEY = "x-microbus-message-id"  # stamped by the producer; stable across every redelivery
 REQUEST_ID_KEY = "x-request-id"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
-from microbus.errors import ConfigurationError, TransportError
+from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError, TransportError
 from microbus.message import SQSMessage, decode_raw_message
 from microbus.registry import SchemaRegistry
 from microbus.transport import MAX_BATCH, SQSTransport
@@ -168,12 +169,18 @@ class BatchAcker:
     """Collects acks and deletes them in batches of up to 10, from a background thread.
 
     A batch is sent when 10 acks are pending or ``max_delay_s`` after the first one, and at
-    :meth:`close`.
+    :meth:`close`. A batch that fails on a transient fault (unreachable, throttled, 5xx) is tried
+    again ``retries`` times, ``retry_base_s`` apart and doubling, before its messages are left to
+    be redelivered.
     """
 
-    def __init__(self, consumer: SQSConsumer, *, max_delay_s: float = 0.05) -> None:
+    def __init__(
+        self, consumer: SQSConsumer, *, max_delay_s: float = 0.05, retries: int = 4, retry_base_s: float = 0.5
+    ) -> None:
         self.consumer = consumer
         self.max_delay_s = max_delay_s
+        self.retries = retries
+        self.retry_base_s = retry_base_s
         self._pending: list[SQSMessage] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -205,10 +212,18 @@ class BatchAcker:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             return batch
 
+    def _delete(self, batch: list[SQSMessage]) -> list[SQSMessage]:
+        for attempt in range(self.retries):
+            try:
+                return self.consumer.ack_many(batch)
+            except (EndpointUnreachableError, TransientTransportError):
+                time.sleep(self.retry_base_s * 2**attempt)
+        return self.consumer.ack_many(batch)
+
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             try:
-                failed = self.consumer.ack_many(batch)
+                failed = self._delete(batch)
             except TransportError as exc:
                 logger.warning("Could not delete %d messages (they will be redelivered): %s", len(batch), exc)
                 self.failed += len(batch)

@@ -60,13 +60,16 @@ class ConsumerDaemon:
         graph.use("sqs_consumer", self.dispatcher_component)
         return graph
 
-    def create_worker(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> Worker:
+    def create_worker(
+        self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5
+    ) -> Worker:
         """Build the worker that runs this daemon's queue."""
         return Worker(
             consumer=self.graph.sqs_consumer,
             dispatcher=getattr(self.graph, self.dispatcher_component),
             concurrency=concurrency,
             grace_period_s=grace_period_s,
+            heartbeat_fraction=heartbeat_fraction,
         )
 
     @classmethod
@@ -74,9 +77,11 @@ class ConsumerDaemon:
         """Console entry point: parse the command line and run."""
         daemon_command(cls)()
 
-    def run(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> None:
+    def run(self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully."""
-        worker = self.create_worker(concurrency=concurrency, grace_period_s=grace_period_s)
+        worker = self.create_worker(
+            concurrency=concurrency, grace_period_s=grace_period_s, heartbeat_fraction=heartbeat_fraction
+        )
         logger.info("%s consuming %s with %d handler threads", self.name, worker.consumer.queue_url, worker.concurrency)
         worker.run()
         logger.info("%s stopped: %s", self.name, worker.stats.outcomes)
@@ -102,6 +107,13 @@ def daemon_options(function: Any) -> Any:
         click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True),
         click.option("--wait-seconds", type=click.IntRange(0, 20), default=None, help="Long-poll wait."),
         click.option("--grace-period", type=float, default=30.0, show_default=True, help="Seconds to finish."),
+        click.option(
+            "--heartbeat-fraction",
+            type=click.FloatRange(0.0, 1.0, max_open=True),
+            default=0.5,
+            show_default=True,
+            help="Extend a running message's visibility after this fraction of the timeout (0: never).",
+        ),
         click.option("--debug", is_flag=True, help="Debug logging."),
         click.option("--testing", is_flag=True, help="Testing mode of the object graph."),
     ]
@@ -122,7 +134,11 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
     overrides = daemon_overrides(options["sqs_queue_url"], options["endpoint_url"], options["wait_seconds"])
     try:
         daemon = cls(debug=options["debug"], testing=options["testing"], **overrides)
-        daemon.run(concurrency=options["concurrency"], grace_period_s=options["grace_period"])
+        daemon.run(
+            concurrency=options["concurrency"],
+            grace_period_s=options["grace_period"],
+            heartbeat_fraction=options["heartbeat_fraction"],
+        )
     except MicrobusError as exc:
         click.echo(f"{cls.name}: {exc}", err=True)
         sys.exit(2)

@@ -16,9 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
-from microbus.errors import DecodeError, IgnoreMessage, Nack, NoHandlerError, SkipMessage, TransportError
+from microbus.errors import (
+    ConfigurationError,
+    DecodeError,
+    IgnoreMessage,
+    Nack,
+    NoHandlerError,
+    SkipMessage,
+    TransportError,
+)
+from microbus.idempotency import IdempotencyGuard
 from microbus.message import SQSMessage
-from microbus.registry import HandlerRegistry
+from microbus.registry import Handler, HandlerRegistry
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -26,6 +35,8 @@ if TYPE_CHECKING:
     from microbus.consumer import SQSConsumer
 
 logger = logging.getLogger(__name__)
+
+MAX_VISIBILITY_S = 43_200
 
 
 class Action(Enum):
@@ -62,7 +73,7 @@ class Result:
     message_id: str
     receive_count: int
     elapsed_s: float = 0.0
-    retry_after_s: int = 0
+    retry_after_s: int | None = None
     reason: str | None = None
     error: BaseException | None = None
     response: Any = None
@@ -126,6 +137,10 @@ class SQSMessageDispatcher:
         delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
             leaving them to the queue's redrive policy.
         middleware: hooks run around each message, in order (``after_handle`` in reverse order).
+        idempotency: runs the handlers registered with ``idempotent=True`` at most once per message key.
+
+    Raises:
+        ConfigurationError: some handlers are idempotent and no ``idempotency`` guard is given.
     """
 
     def __init__(
@@ -137,26 +152,37 @@ class SQSMessageDispatcher:
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
         middleware: Sequence[Middleware] = (),
+        idempotency: IdempotencyGuard | None = None,
     ) -> None:
+        if handler_registry.idempotent and idempotency is None:
+            raise ConfigurationError(
+                f"Handlers of {', '.join(sorted(handler_registry.idempotent))} are idempotent: "
+                "give the dispatcher an idempotency guard (graph.idempotency_guard)"
+            )
         self.handler_registry = handler_registry
         self.middleware = tuple(middleware)
         self.retry_policy = retry_policy or RetryPolicy()
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
+        self.idempotency = idempotency
 
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
-        """Call the message's handler and return the outcome; never raises for handler errors."""
+        """Call the message's handler and return the outcome; never raises for handler errors.
+
+        ``max_attempts`` is the queue's redrive ``maxReceiveCount``; a configured
+        ``retry_policy.max_attempts`` takes precedence over it.
+        """
         started = time.monotonic()
         self._run_hooks(message, None)
         result = self._invoke(message)
         result.elapsed_s = time.monotonic() - started
-        limit = max_attempts or self.retry_policy.max_attempts or self.retry_policy.default_max_attempts
+        limit = self.retry_policy.max_attempts or max_attempts or self.retry_policy.default_max_attempts
         if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
             result.outcome = Outcome.EXPIRED
             result.reason = "max-attempts"
         self._run_hooks(message, result)
-        if result.outcome.action is Action.RETRY and not result.retry_after_s:
+        if result.outcome.action is Action.RETRY and result.retry_after_s is None:
             result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
         return result
 
@@ -185,10 +211,10 @@ class SQSMessageDispatcher:
             return self._reject(result, error)
         assert handler is not None and message.content is not None
         try:
-            response = handler(message.content)
+            response = self._call(handler, message)
         except Nack as exc:
             return result(
-                Outcome.RETRIED, retry_after_s=exc.visibility_timeout_seconds or 0, error=exc, extra=exc.extra
+                Outcome.RETRIED, retry_after_s=_visibility(exc.visibility_timeout_seconds), error=exc, extra=exc.extra
             )
         except SkipMessage as exc:
             return result(Outcome.SKIPPED, reason=str(exc), extra=exc.extra)
@@ -197,6 +223,13 @@ class SQSMessageDispatcher:
         except Exception as exc:
             return result(Outcome.FAILED, reason="handler-error", error=exc)
         return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)
+
+    def _call(self, handler: Handler, message: SQSMessage) -> Any:
+        content = message.content
+        assert content is not None
+        if self.idempotency is None or message.media_type not in self.handler_registry.idempotent:
+            return handler(content)
+        return self.idempotency.run(f"{self.source}#{message.idempotency_key}", lambda: handler(content))
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
@@ -216,7 +249,7 @@ class SQSMessageDispatcher:
             if result.outcome.action is Action.ACK:
                 ack(message)
             elif result.outcome.action is Action.RETRY:
-                consumer.nack(message, result.retry_after_s)
+                consumer.nack(message, result.retry_after_s or 0)
             elif not consumer.dead_letter(
                 message, reason=result.reason or "rejected", error=result.error, source=self.source
             ):
@@ -276,7 +309,13 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
         middleware=[getattr(graph, name) for name in config.middleware or ()],
+        idempotency=graph.idempotency_guard if graph.sqs_message_handler_registry.idempotent else None,
     )
+
+
+def _visibility(seconds: int | None) -> int | None:
+    """A handler's requested retry delay, within SQS's 0..12 h; None means: use the backoff."""
+    return None if seconds is None else max(0, min(MAX_VISIBILITY_S, int(seconds)))
 
 
 def _truthy(value: Any) -> bool:

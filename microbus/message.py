@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from microbus.codecs import parse_json_object
+from microbus.codecs import MESSAGE_ID_KEY, parse_json_object
 from microbus.errors import DecodeError, MalformedBodyError, MissingMediaTypeError
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class SQSMessage:
     content: dict[str, Any] | None = None
     error: DecodeError | None = None
     topic_arn: str | None = None
+    sns_message_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,6 +40,15 @@ class SQSMessage:
         if self.content is None:
             return {}
         return dict(self.content.get("opaque_data") or {})
+
+    @property
+    def idempotency_key(self) -> str:
+        """The most stable id of this message: the producer's ``x-microbus-message-id``, else the SNS
+        MessageId (enveloped delivery), else the SQS MessageId (same across redeliveries of one SQS message)."""
+        stamped = self.opaque_data.get(MESSAGE_ID_KEY)
+        if isinstance(stamped, str) and stamped:
+            return stamped
+        return self.sns_message_id or self.message_id
 
     def ack(self) -> None:
         """Delete the message from its queue."""
@@ -66,8 +76,8 @@ class SQSMessage:
             self.ack()
 
 
-def unwrap_envelope(body: str) -> tuple[dict[str, Any], str | None]:
-    """Return the message object inside an SQS body, and the SNS topic ARN when enveloped.
+def unwrap_envelope(body: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """Return the message object inside an SQS body, and the SNS topic ARN and MessageId when enveloped.
 
     Raw delivery puts the message itself in the body; a standard subscription wraps it in an SNS
     notification whose ``Message`` holds the message as a JSON string.
@@ -80,8 +90,8 @@ def unwrap_envelope(body: str) -> tuple[dict[str, Any], str | None]:
         inner = outer["Message"]
         if not isinstance(inner, str):
             raise MalformedBodyError("SNS envelope's Message is not a string")
-        return parse_json_object(inner), outer.get("TopicArn")
-    return outer, None
+        return parse_json_object(inner), outer.get("TopicArn"), outer.get("MessageId")
+    return outer, None, None
 
 
 def decode_raw_message(
@@ -98,7 +108,7 @@ def decode_raw_message(
         message_attributes=raw.get("MessageAttributes", {}),
     )
     try:
-        obj, message.topic_arn = unwrap_envelope(message.body)
+        obj, message.topic_arn, message.sns_message_id = unwrap_envelope(message.body)
         media_type = obj.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             raise MissingMediaTypeError("Message has no mediaType")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from microcosm.api import defaults
 
-from microbus.codecs import PUBLISHED_KEY
+from microbus.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY
 from microbus.errors import (
     EndpointUnreachableError,
     MessageTooLargeError,
@@ -112,6 +113,9 @@ class SNSProducer:
     ) -> OutgoingMessage:
         """Validate and encode a message without sending it.
 
+        The opaque data gets a unique ``x-microbus-message-id`` (unless given): it identifies the message
+        across producer retries, SNS duplicates and SQS redeliveries, raw or enveloped (idempotency key).
+
         Raises:
             UnknownMediaTypeError, MessageValidationError, MessageTooLargeError, TopicNotDefinedError.
         """
@@ -119,6 +123,7 @@ class SNSProducer:
         opaque = dict(self.opaque() if self.opaque else {})
         opaque.update(opaque_data or {})
         opaque[PUBLISHED_KEY] = str(time.time())
+        opaque.setdefault(MESSAGE_ID_KEY, uuid.uuid4().hex)
         message = self.schema_registry.find(media_type).encode(
             dct, media_type=media_type, uri=uri, opaque_data=opaque, **kwargs
         )

@@ -20,6 +20,7 @@ HandlerT = TypeVar("HandlerT")
 
 _schemas: dict[str, type[PubSubMessageSchema]] = {}
 _handlers: dict[str, Any] = {}
+_idempotent: set[str] = set()
 
 
 def schema(cls: SchemaT) -> SchemaT:
@@ -46,11 +47,13 @@ def media_type_of(target: str | type[PubSubMessageSchema]) -> str:
     return target.MEDIA_TYPE
 
 
-def handles(target: str | type[PubSubMessageSchema]) -> Callable[[HandlerT], HandlerT]:
+def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False) -> Callable[[HandlerT], HandlerT]:
     """Register a function, or a class built from the graph, as the handler of a media type.
 
     A class handler is constructed with the graph (``cls(graph)``) or, when it is a microcosm
-    ``@binding``, taken from the graph under its binding key.
+    ``@binding``, taken from the graph under its binding key. With ``idempotent=True`` the dispatcher
+    records each message in the idempotency store and skips messages already handled
+    (see :mod:`microbus.idempotency` for the exact guarantee).
     """
     media_type = media_type_of(target)
     if not isinstance(target, str):
@@ -58,6 +61,10 @@ def handles(target: str | type[PubSubMessageSchema]) -> Callable[[HandlerT], Han
 
     def decorator(handler: HandlerT) -> HandlerT:
         _handlers[media_type] = handler
+        if idempotent:
+            _idempotent.add(media_type)
+        else:
+            _idempotent.discard(media_type)
         return handler
 
     return decorator
@@ -95,10 +102,14 @@ class SchemaRegistry:
 
 
 class HandlerRegistry:
-    """Maps media types to ready-to-call handlers (class handlers instantiated once)."""
+    """Maps media types to ready-to-call handlers (class handlers instantiated once).
 
-    def __init__(self, handlers: dict[str, Handler]) -> None:
+    ``idempotent`` lists the media types whose handlers run at most once per message id.
+    """
+
+    def __init__(self, handlers: dict[str, Handler], *, idempotent: Iterable[str] = ()) -> None:
         self._handlers = handlers
+        self.idempotent = frozenset(idempotent)
 
     @classmethod
     def from_registered(
@@ -113,7 +124,10 @@ class HandlerRegistry:
         missing = [media_type for media_type in wanted if media_type not in _handlers]
         if missing:
             raise ConfigurationError(f"No @handles handler is registered for {', '.join(missing)}")
-        return cls({media_type: _instantiate(_handlers[media_type], graph) for media_type in wanted})
+        return cls(
+            {media_type: _instantiate(_handlers[media_type], graph) for media_type in wanted},
+            idempotent=_idempotent.intersection(wanted),
+        )
 
     def find(self, media_type: str) -> Handler | None:
         """Return the handler of a media type, or None."""

@@ -113,7 +113,7 @@ class ParallelReporter(Middleware):
                 Outcome.FAILED,
                 "callback-send-failed",
                 exc,
-                0,
+                None,
             )
             return
         if result.outcome is Outcome.FAILED:

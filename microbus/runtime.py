@@ -10,12 +10,27 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from microbus.consumer import BatchAcker, SQSConsumer
+from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
 from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
-from microbus.errors import QueueNotFoundError, TransportError
+from microbus.errors import EndpointUnreachableError, QueueNotFoundError, TransientTransportError, TransportError
+from microbus.heartbeat import VisibilityHeartbeat
 from microbus.message import SQSMessage
 
 logger = logging.getLogger(__name__)
+
+
+def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> float:
+    """Pause after the ``failures``-th consecutive failed call: ``base_s * 2**failures``, capped at ``max_s``."""
+    return float(min(max_s, base_s * 2 ** min(failures, 16)))
+
+
+def _log_receive_failure(exc: Exception) -> None:
+    if isinstance(exc, QueueNotFoundError):
+        logger.error("Receive failing, backing off until the queue exists: %s", exc)
+    elif isinstance(exc, TransportError):
+        logger.warning("Receive failing, backing off until it recovers: %s", exc)
+    else:
+        logger.error("Receive failing unexpectedly, backing off", exc_info=exc)
 
 
 @dataclass
@@ -60,6 +75,8 @@ class Worker:
         prefetch: messages received ahead of free handler threads (default 10, one receive batch).
         grace_period_s: on stop, how long in-flight handlers may take to finish.
         max_transport_backoff_s: cap of the pause between failed receives.
+        heartbeat_fraction: extend a held message's visibility each time this fraction of the queue's
+            visibility timeout has passed, until its handler finishes (0 disables the heartbeat).
     """
 
     def __init__(
@@ -71,6 +88,7 @@ class Worker:
         prefetch: int | None = None,
         grace_period_s: float = 30.0,
         max_transport_backoff_s: float = 20.0,
+        heartbeat_fraction: float = 0.5,
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
@@ -78,6 +96,8 @@ class Worker:
         self.capacity = self.concurrency + (prefetch if prefetch is not None else 10)
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
+        self.heartbeat_fraction = heartbeat_fraction
+        self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -89,13 +109,23 @@ class Worker:
         self._max_attempts: int | None = None
 
     def start(self) -> None:
-        """Check the queue, then start the poller and the handler threads.
+        """Read the queue's settings (waiting while the endpoint is unreachable), then start the poller,
+        the heartbeat and the handler threads.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
-            TransportError: the queue could not be reached.
+            TransportError: the queue refused the call (e.g. access denied).
         """
-        self._max_attempts = self.consumer.queue_info().max_receive_count
+        queue_info = self._wait_for_queue_info()
+        if queue_info is None:
+            return
+        self._max_attempts = queue_info.max_receive_count
+        self.heartbeat = VisibilityHeartbeat(
+            consumer=self.consumer,
+            visibility_timeout_seconds=queue_info.visibility_timeout_seconds,
+            fraction=self.heartbeat_fraction,
+        )
+        self.heartbeat.start()
         self._acker = BatchAcker(self.consumer)
         self._threads = [threading.Thread(target=self._poll, name="microbus-poller", daemon=True)]
         self._threads += [
@@ -104,6 +134,23 @@ class Worker:
         ]
         for thread in self._threads:
             thread.start()
+
+    def _wait_for_queue_info(self) -> QueueInfo | None:
+        """The queue's settings; while the endpoint is unreachable or failing, wait for it (None if stopped)."""
+        failures = 0
+        while not self.stopping:
+            try:
+                queue_info = self.consumer.queue_info()
+            except (EndpointUnreachableError, TransientTransportError) as exc:
+                if failures == 0:
+                    logger.warning("Queue unreachable at start, waiting for it: %s", exc)
+                failures += 1
+                self._stopping.wait(transport_backoff_s(failures, max_s=self.max_transport_backoff_s))
+                continue
+            if failures:
+                logger.info("Queue reachable after %d failed attempts", failures)
+            return queue_info
+        return None
 
     def stop(self) -> None:
         """Ask the worker to stop receiving; :meth:`join` finishes the shutdown."""
@@ -118,8 +165,11 @@ class Worker:
 
     def join(self) -> None:
         """Wait for the stop, then shut down in order: poller, handlers (within the grace period),
-        return unstarted messages at once, flush acks."""
+        heartbeat, return unstarted messages at once, flush acks."""
         self._stopping.wait()
+        if not self._threads:  # stopped before it started
+            self._stopped.set()
+            return
         poller, workers = self._threads[0], self._threads[1:]
         poller.join(self.consumer.wait_seconds + 35)
         for _ in workers:
@@ -130,6 +180,8 @@ class Worker:
         unfinished = sum(thread.is_alive() for thread in workers)
         if unfinished:
             logger.warning("%d handlers still running after the %.0fs grace period", unfinished, self.grace_period_s)
+        assert self.heartbeat is not None
+        self.heartbeat.stop()
         self._release_unstarted()
         assert self._acker is not None
         self._acker.close()
@@ -165,39 +217,37 @@ class Worker:
                 continue
             try:
                 messages = self.consumer.consume(limit=min(10, slots))
-            except QueueNotFoundError as exc:
-                logger.error("%s", exc)
-                failures += 1
-            except TransportError as exc:
+            except Exception as exc:  # transport faults, and bugs: the poller must never die
                 if failures == 0:
-                    logger.warning("Receive failing, backing off until it recovers: %s", exc)
+                    _log_receive_failure(exc)
                 failures += 1
-            except Exception:
-                logger.exception("Unexpected error while receiving; backing off")
-                failures += 1
-            else:
-                if failures:
-                    logger.info("Receive recovered after %d failed attempts", failures)
-                failures = 0
-                self._enqueue(messages)
+                self._stopping.wait(transport_backoff_s(failures, max_s=self.max_transport_backoff_s))
                 continue
-            self._stopping.wait(min(self.max_transport_backoff_s, 0.5 * 2 ** min(failures, 10)))
+            if failures:
+                logger.info("Receive recovered after %d failed attempts", failures)
+            failures = 0
+            self._enqueue(messages)
 
     def _enqueue(self, messages: list[SQSMessage]) -> None:
         with self._cond:
             self._outstanding += len(messages)
         self.stats.received += len(messages)
+        assert self.heartbeat is not None
         for message in messages:
+            self.heartbeat.track(message)
             self._queue.put(message)
 
     def _work(self) -> None:
-        assert self._acker is not None
+        assert self._acker is not None and self.heartbeat is not None
         while (message := self._queue.get()) is not None:
             if self.stopping:
                 self._queue.put(message)
                 break
             try:
-                result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+                try:
+                    result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+                finally:  # never keep extending a message whose handling ended, however it ended
+                    self.heartbeat.untrack(message)
                 self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
                 self.stats.count(result)
             except Exception:

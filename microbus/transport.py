@@ -65,6 +65,9 @@ class AWSSettings:
             profile_name=config.profile_name or None,
             access_key_id=config.access_key_id or None,
             secret_access_key=config.secret_access_key or None,
+            connect_timeout_s=float(config.connect_timeout_s),
+            read_timeout_s=float(config.read_timeout_s),
+            max_attempts=int(config.max_attempts),
         )
 
     def client(self, service: str) -> Any:
@@ -251,11 +254,15 @@ class SNSTransport:
     profile_name=None,
     access_key_id=None,
     secret_access_key=None,
+    connect_timeout_s=5.0,
+    read_timeout_s=30.0,
+    max_attempts=3,
 )
 def configure_aws(graph: ObjectGraph) -> AWSSettings:
     """microcosm factory: ``graph.aws``, the settings every client is built from.
 
-    ``endpoint_url`` None means real AWS (boto3 also honours ``AWS_ENDPOINT_URL``).
+    ``endpoint_url`` None means real AWS (boto3 also honours ``AWS_ENDPOINT_URL``). ``read_timeout_s`` must
+    exceed the consumer's long-poll wait; ``max_attempts`` counts botocore's own tries per call.
     """
     return AWSSettings.from_config(graph.config.aws)
 

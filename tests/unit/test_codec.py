@@ -77,9 +77,14 @@ def test_malformed_bodies_are_decode_errors(body):
 
 def test_sns_envelope_is_unwrapped_and_raw_body_is_taken_as_is():
     message = {"mediaType": "a/b", "x": 1}
-    envelope = {"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Message": json.dumps(message)}
-    assert unwrap_envelope(json.dumps(envelope)) == (message, "arn:aws:sns:us-east-1:1:t")
-    assert unwrap_envelope(json.dumps(message)) == (message, None)
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "sns-1",
+        "TopicArn": "arn:aws:sns:us-east-1:1:t",
+        "Message": json.dumps(message),
+    }
+    assert unwrap_envelope(json.dumps(envelope)) == (message, "arn:aws:sns:us-east-1:1:t", "sns-1")
+    assert unwrap_envelope(json.dumps(message)) == (message, None, None)
 
 
 def test_an_envelope_whose_message_is_not_json_is_malformed():
