@@ -12,9 +12,12 @@ from microcosm.api import create_object_graph, load_each, load_from_dict, load_f
 from microcosm.object_graph import ObjectGraph
 
 from microbus.codecs import PubSubMessageSchema
-from microbus.errors import MicrobusError
+from microbus.errors import MicrobusError, QueueNotFoundError, TopologyError
 from microbus.registry import media_type_of
 from microbus.runtime import Worker
+from microbus.topology.check import queue_warnings
+from microbus.topology.loading import resolve_topology
+from microbus.topology.model import Queue, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +26,16 @@ class ConsumerDaemon:
     """Base class of consumer daemons; subclasses set ``name`` and import their handlers.
 
     ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them).
+    ``handler_timeout_s`` is the longest a handler may take (the queue's visibility timeout should not be
+    shorter); ``topology`` (a Topology, a file or ``module:ATTRIBUTE``) declares the daemon's queue.
     Configuration comes from ``defaults``, then the environment (microcosm's ``NAME__SECTION__KEY``),
     then the keyword overrides given to the constructor (the command line).
     """
 
     name: ClassVar[str] = ""
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
+    handler_timeout_s: ClassVar[float | None] = None
+    topology: ClassVar[Topology | str | None] = None
 
     def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
         if not self.name:
@@ -58,8 +65,46 @@ class ConsumerDaemon:
         graph.use("sqs_consumer", "sqs_message_dispatcher")
         return graph
 
+    def check_queue(self) -> list[str]:
+        """Check the live queue against the handler timeout and the topology; log and return warnings.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist (one sentence that says what to do).
+        """
+        consumer = self.graph.sqs_consumer
+        try:
+            info = consumer.queue_info()
+        except QueueNotFoundError as exc:
+            raise QueueNotFoundError(
+                f"The queue of daemon {self.name!r} does not exist ({consumer.queue_url}): create it with "
+                "`microbus topology apply`, or fix --sqs-queue-url."
+            ) from exc
+        declared, handler_timeout_s = self._declared_queue()
+        warnings = queue_warnings(
+            info, queue_url=consumer.queue_url, handler_timeout_s=handler_timeout_s, declared=declared
+        )
+        for warning in warnings:
+            logger.warning("%s", warning)
+        return warnings
+
+    def _declared_queue(self) -> tuple[Queue | None, float | None]:
+        topology = resolve_topology(self.topology) if isinstance(self.topology, str) else self.topology
+        if topology is None:
+            return None, self.handler_timeout_s
+        try:
+            entry = topology.daemon(self.name)
+            declared = topology.queue(entry.queue)
+        except TopologyError:
+            return None, self.handler_timeout_s
+        return declared, self.handler_timeout_s if self.handler_timeout_s is not None else entry.handler_timeout_s
+
     def create_worker(self, *, concurrency: int = 1, grace_period_s: float = 30.0) -> Worker:
-        """Build the worker that runs this daemon's queue."""
+        """Check the queue (:meth:`check_queue`) and build the worker that runs it.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        self.check_queue()
         return Worker(
             consumer=self.graph.sqs_consumer,
             dispatcher=self.graph.sqs_message_dispatcher,
