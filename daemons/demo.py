@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from daemons.orders import TOPOLOGY, OrdersDaemon, order_book
 from microbus.emulator import EmbeddedEmulator
-from microbus.topology import apply_topology
 from schemas import OrderPlaced, PaymentCaptured
 
 
@@ -60,12 +59,12 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
     with EmbeddedEmulator() as emulator:
         settings = emulator.settings()
         sqs = settings.client("sqs")
-        applied = apply_topology(TOPOLOGY, sns=settings.client("sns"), sqs=sqs)
+        applied = emulator.apply(TOPOLOGY)
         queue_url = applied.queue_urls["orders"]
         daemon = OrdersDaemon(
             **emulator.config(),
             sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
-            sns_topic_arns={"default": applied.topic_arns["orders"]},
+            sns_topic_arns=applied.sns_topic_arns_config(),
         )
         worker = daemon.create_worker(concurrency=concurrency)
         started = time.monotonic()

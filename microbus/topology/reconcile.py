@@ -173,6 +173,7 @@ class _Reconciler:
         policy = queue_policy(self.result.queue_arns[queue.name], topic_arns)
         live = json.loads(live_policy) if live_policy else None
         if live == policy:
+            self._record(ChangeAction.UNCHANGED, "queue policy", queue.name)
             return
         self._record(
             ChangeAction.CREATE if live is None else ChangeAction.UPDATE,
