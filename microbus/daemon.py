@@ -12,7 +12,7 @@ from microcosm.api import create_object_graph, load_each, load_from_dict, load_f
 from microcosm.object_graph import ObjectGraph
 
 from microbus.codecs import PubSubMessageSchema
-from microbus.errors import MicrobusError, QueueNotFoundError, TopologyError
+from microbus.errors import MicrobusError, TopologyError
 from microbus.registry import media_type_of
 from microbus.runtime import Worker
 from microbus.topology.check import queue_warnings
@@ -72,13 +72,7 @@ class ConsumerDaemon:
             QueueNotFoundError: the queue does not exist (one sentence that says what to do).
         """
         consumer = self.graph.sqs_consumer
-        try:
-            info = consumer.queue_info()
-        except QueueNotFoundError as exc:
-            raise QueueNotFoundError(
-                f"The queue of daemon {self.name!r} does not exist ({consumer.queue_url}): create it with "
-                "`microbus topology apply`, or fix --sqs-queue-url."
-            ) from exc
+        info = consumer.queue_info()
         declared, handler_timeout_s = self._declared_queue()
         warnings = queue_warnings(
             info, queue_url=consumer.queue_url, handler_timeout_s=handler_timeout_s, declared=declared
