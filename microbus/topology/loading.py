@@ -114,7 +114,9 @@ def _item(cls: type, item: Any, where: str) -> Any:
         if not isinstance(subscriptions, list):
             raise TopologyError(f"{where}.subscriptions must be a list")
         item["subscriptions"] = tuple(
-            _build(Subscription, _checked(s, Subscription, f"{where}.subscriptions[{i}]"), where)
+            _build(
+                Subscription, _checked(s, Subscription, f"{where}.subscriptions[{i}]"), f"{where}.subscriptions[{i}]"
+            )
             for i, s in enumerate(subscriptions)
         )
     return _build(cls, item, where)
