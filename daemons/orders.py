@@ -62,7 +62,7 @@ class OrdersDaemon(ConsumerDaemon):
 # The reference application's topology: `microbus topology apply` creates it; the embedded emulator, the
 # demo and the test fixtures apply it with the same code. The subscription's filter is the daemon's media types.
 TOPOLOGY = Topology(
-    topics=(Topic(name="orders", media_types=(OrderPlaced, PaymentCaptured)),),
+    topics=(Topic(name="orders", media_types=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),),
     default_topic="orders",
     queues=(
         Queue(
@@ -73,7 +73,7 @@ TOPOLOGY = Topology(
         ),
     ),
     daemons=(Daemon.of(OrdersDaemon, queue="orders"),),
-    producers=(Producer(name="orders-api", produces=(OrderPlaced, PaymentCaptured)),),
+    producers=(Producer(name="orders-api", produces=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),),
 )
 
 main = OrdersDaemon.main

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import click
 from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
 from microcosm.object_graph import ObjectGraph
 
 from microbus.codecs import PubSubMessageSchema
+from microbus.consumer import SQSConsumer
 from microbus.errors import MicrobusError, TopologyError
 from microbus.registry import media_type_of
 from microbus.runtime import Worker
@@ -71,7 +72,7 @@ class ConsumerDaemon:
         Raises:
             QueueNotFoundError: the queue does not exist (one sentence that says what to do).
         """
-        consumer = self.graph.sqs_consumer
+        consumer = cast(SQSConsumer, self.graph.sqs_consumer)
         info = consumer.queue_info()
         declared, handler_timeout_s = self._declared_queue()
         warnings = queue_warnings(

@@ -123,9 +123,9 @@ def _item(cls: type, item: Any, where: str) -> Any:
 
 
 def _checked(item: Any, cls: type, where: str) -> dict[str, Any]:
-    item = _mapping(item, where)
-    _check_keys(item, field_names(cls), where)
-    return item
+    mapping = _mapping(item, where)
+    _check_keys(mapping, field_names(cls), where)
+    return mapping
 
 
 def _daemon_of_class(item: dict[str, Any], where: str) -> Daemon:
@@ -178,7 +178,7 @@ def _required(cls: type, name: str) -> bool:
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TopologyError(f"{where} must be a mapping, not {type(value).__name__}")
-    return value
+    return dict(value)
 
 
 def _check_keys(item: dict[str, Any], known: list[str], where: str) -> None:
