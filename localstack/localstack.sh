@@ -14,6 +14,9 @@
 #   MICROBUS_LOCALSTACK_JAVA    a java (>= 17) binary for DynamoDB Local (default: $JAVA_HOME/bin/java, then PATH)
 #   MICROBUS_LOCALSTACK_READY_TIMEOUT  seconds to wait for readiness (default 120)
 #   MICROBUS_LOCALSTACK_DYNAMODB_IN_MEMORY  1 (default) = DynamoDB Local runs with -inMemory
+#   MICROBUS_LOCALSTACK_SERVICES  default sqs,sns,dynamodb,s3
+#   MICROBUS_LOCALSTACK_STOP_GRACE  seconds stop waits for a graceful shutdown before SIGKILL (default 10)
+#   Other LocalStack settings pass through, e.g. EAGER_SERVICE_LOADING=1 (slower start, no slow first call).
 set -euo pipefail
 
 LS_HOME="${MICROBUS_LOCALSTACK_HOME:-$HOME/.cache/microbus/localstack}"
@@ -58,7 +61,7 @@ find_python() {
     fi
     # A pyenv shim named python3.13 may exist but fail when 3.13 is not selected, hence the run test.
     for c in "$(command -v python3.13 || true)" \
-             $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null | sort -rV) \
+             $(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 | sort -rV) \
              /usr/local/bin/python3.13 /usr/bin/python3.13 /opt/homebrew/bin/python3.13; do
         is_py313 "$c" && { echo "$c"; return 0; }
     done
@@ -143,6 +146,11 @@ EOF
 cmd_install() {
     local t0 py pyver java_home key
     t0="$(now)"
+    mkdir -p "$LS_HOME"
+    if command -v flock >/dev/null 2>&1; then  # concurrent installs (e.g. pytest-xdist workers) take turns
+        exec 9>"$LS_HOME/.install.lock"
+        flock 9
+    fi
     py="$(find_python)"
     java_home="$(find_java_home)"
     pyver="$("$py" -c 'import sys; print(sys.version.split()[0])')"
@@ -152,7 +160,6 @@ cmd_install() {
         log "already installed in $LS_HOME"
         return 0
     fi
-    mkdir -p "$LS_HOME"
     rm -f "$STAMP"
     : >"$LS_HOME/install.log"
     log "installing LocalStack into $VENV (python $pyver) ..."
@@ -175,21 +182,16 @@ cmd_install() {
 
 read_state() { [[ -f "$LS_STATE/$1" ]] && cat "$LS_STATE/$1"; }
 
-group_alive() { [[ -n "${1:-}" ]] && kill -0 -- "-$1" 2>/dev/null; }
-
 tagged_pids() {  # processes carrying our tag in their environment (catches a JVM in its own session)
-    local tag="$1" f
+    local tag="$1"
     [[ -n "$tag" && -d /proc/self ]] || return 0
-    for f in $(grep -lzx "MICROBUS_LOCALSTACK_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null); do
-        f="${f#/proc/}"; echo "${f%/environ}"
-    done
-    return 0
+    { grep -lzx "MICROBUS_LOCALSTACK_TAG=$tag" /proc/[0-9]*/environ 2>/dev/null || true; } | cut -d/ -f3
 }
 
 is_running() {
     local pgid
     pgid="$(read_state pgid || true)"
-    group_alive "$pgid"
+    [[ -n "$pgid" && -n "$(live_pids "$pgid" all)" ]]
 }
 
 cmd_endpoint() {
@@ -218,12 +220,14 @@ descendants() {  # pids of all descendants of $1 (portable fallback for tagged_p
               while (n > 0) { p = q[n--]; for (c in parent) if (parent[c] == p) { print c; q[++n] = c } } }'
 }
 
-all_gone() {  # $1 = pgid, $2 = tag, $3.. = extra pids
-    local pgid="$1" tag="$2" p; shift 2
-    group_alive "$pgid" && return 1
-    [[ -n "$(tagged_pids "$tag")" ]] && return 1
-    for p in "$@"; do kill -0 "$p" 2>/dev/null && return 1; done
-    return 0
+live_pids() {  # $1 = pgid, $2 = "all"|"others", $3 = candidate pids (whitespace-separated); prints live
+              # (non-zombie) pids that are in the group (only for "all") or among the candidates
+    local pgid="$1" which="$2" cands="${3:-}"
+    ps -eo pid=,pgid=,stat= 2>/dev/null | awk -v g="${pgid:--1}" -v which="$which" -v cands="$cands" '
+        BEGIN { n = split(cands, c, " "); for (i = 1; i <= n; i++) cand[c[i]] = 1 }
+        $3 ~ /^Z/ { next }
+        $2 == g { if (which == "all") print $1; next }
+        ($1 in cand) { print $1 }'
 }
 
 cmd_stop() {
@@ -234,24 +238,25 @@ cmd_stop() {
     # LocalStack starts the DynamoDB Local JVM with start_new_session=True, i.e. in a process group of its
     # own: killing LocalStack's group alone could leave the JVM running. It is found through the tag in its
     # environment (Linux /proc) and, as a fallback, as a descendant of LocalStack.
-    # shellcheck disable=SC2207
-    pids=($(tagged_pids "$tag") $(descendants "$pgid"))
-    # Graceful stop, bounded: LocalStack stops its services (and the JVM) and logs "Completed, bye!"; the
-    # interpreter's final garbage collection after that can take seconds and there is no state to keep, so
-    # whatever is left then (or after the grace period) is killed.
-    if group_alive "$pgid"; then kill -TERM -- "-$pgid" 2>/dev/null || true; fi
+    pids="$(tagged_pids "$tag") $(descendants "$pgid")"
+    # SIGTERM lets LocalStack stop its services, which stops the JVM. LocalStack holds no state worth
+    # keeping, and after that its interpreter spends seconds of CPU in a final garbage collection, so
+    # once the JVM is gone (or after the grace period) everything left is killed.
+    # (If LocalStack itself is already gone, e.g. crashed, nobody will stop the JVM: no grace period.)
+    [[ -n "$(live_pids "$pgid" all)" ]] || grace=0
+    [[ -n "$pgid" ]] && kill -TERM -- "-$pgid" 2>/dev/null || true
     deadline=$(( $(date +%s) + grace ))
-    while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do
-        grep -q 'Completed, bye!' "$LS_STATE/localstack.log" 2>/dev/null && break
+    while [[ -n "$(live_pids "$pgid" others "$pids $(tagged_pids "$tag")")" ]] && (( $(date +%s) < deadline )); do
         sleep 0.1
     done
-    if ! all_gone "$pgid" "$tag" "${pids[@]}"; then
-        if group_alive "$pgid"; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
-        for p in "${pids[@]}" $(tagged_pids "$tag"); do kill -KILL "$p" 2>/dev/null || true; done
-        deadline=$(( $(date +%s) + 5 ))
-        while ! all_gone "$pgid" "$tag" "${pids[@]}" && (( $(date +%s) < deadline )); do sleep 0.1; done
-    fi
-    all_gone "$pgid" "$tag" "${pids[@]}" || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
+    [[ -n "$pgid" ]] && kill -KILL -- "-$pgid" 2>/dev/null || true
+    for p in $(live_pids "$pgid" others "$pids $(tagged_pids "$tag")"); do kill -KILL "$p" 2>/dev/null || true; done
+    deadline=$(( $(date +%s) + 10 ))
+    while [[ -n "$(live_pids "$pgid" all "$pids $(tagged_pids "$tag")")" ]] && (( $(date +%s) < deadline )); do
+        sleep 0.1
+    done
+    [[ -z "$(live_pids "$pgid" all "$pids $(tagged_pids "$tag")")" ]] \
+        || die "could not stop LocalStack (pgid $pgid); state left in $LS_STATE"
     rm -rf "$LS_STATE"
     log "stopped"
 }
@@ -262,11 +267,15 @@ cmd_start() {
     [[ -x "$VPY" && -f "$STAMP" ]] || die "LocalStack is not installed in $LS_HOME; run '$0 install' first."
     [[ -x "$JAVA_LINK/bin/java" ]] || die "the Java link $JAVA_LINK is broken; run '$0 install' again."
     if is_running; then
+        [[ -z "$port" || "$port" == "$(read_state port)" ]] \
+            || die "already running on port $(read_state port) (state dir $LS_STATE); stop it first."
         log "already running (state dir $LS_STATE)"
         cat "$LS_STATE/endpoint"; echo
         return 0
     fi
-    [[ -d "$LS_STATE" ]] && cmd_stop >/dev/null 2>&1  # stale state: clean up leftovers (e.g. an orphaned JVM)
+    if [[ -d "$LS_STATE" ]]; then  # stale state: clean up leftovers (e.g. a JVM orphaned by a crash)
+        ( cmd_stop ) >/dev/null 2>&1 || die "could not clean up the stale state in $LS_STATE; run '$0 stop'."
+    fi
     if [[ -z "$port" ]]; then
         port="$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     else
@@ -291,6 +300,8 @@ cmd_start() {
                LOCALSTACK_TELEMETRY_DISABLED=1 SKIP_SSL_CERT_DOWNLOAD=1 \
                DYNAMODB_IN_MEMORY="${MICROBUS_LOCALSTACK_DYNAMODB_IN_MEMORY:-1}" \
                API_ENDPOINT="http://127.0.0.1:9" ANALYTICS_API="http://127.0.0.1:9" \
+               NO_PROXY="127.0.0.1,localhost,localhost.localstack.cloud${NO_PROXY:+,$NO_PROXY}" \
+               no_proxy="127.0.0.1,localhost,localhost.localstack.cloud${no_proxy:+,$no_proxy}" \
                AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
                MICROBUS_LOCALSTACK_TAG="$tag"
         cd "$LS_STATE"
@@ -348,7 +359,7 @@ EOF
         else log "LocalStack not ready after ${READY_TIMEOUT}s; log tail:"; fi
         tail -n 40 "$LS_STATE/localstack.log" >&2 || true
         cp "$LS_STATE/localstack.log" "$LS_HOME/last-failed-start.log" 2>/dev/null || true
-        cmd_stop >/dev/null 2>&1 || true
+        ( cmd_stop ) >/dev/null 2>&1 || true
         die "start failed (log kept in $LS_HOME/last-failed-start.log)."
     fi
     log "ready in $(elapsed "$t0") s (log: $LS_STATE/localstack.log)"
@@ -356,7 +367,7 @@ EOF
 }
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
