@@ -9,7 +9,9 @@ when LocalStack is unavailable the tests skip with the reason, except under CI (
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,10 +119,27 @@ def microbus_endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
         yield from _localstack(str(request.config.rootpath), str(tmp_path_factory.mktemp("localstack")))
 
 
+def _python313_available() -> bool:
+    """Whether localstack.sh can find a Python 3.13 (same places: the variable, PATH, pyenv)."""
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates = [os.environ.get("MICROBUS_LOCALSTACK_PYTHON"), shutil.which("python3.13")]
+    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.13*", "bin", "python3.13")))
+    check = "import sys; sys.exit(sys.version_info[:2] != (3, 13))"
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", check], capture_output=True, timeout=30).returncode == 0:
+            return True
+    return False
+
+
 def _localstack(rootdir: str, state_dir: str) -> Iterator[Endpoint]:
     script = os.environ.get(SCRIPT_VARIABLE) or os.path.join(rootdir, "localstack", "localstack.sh")
     if not os.path.isfile(script):
         unavailable(f"LocalStack tests need {script} (or {ENDPOINT_VARIABLE}) and it is missing")
+    if not _python313_available():
+        unavailable(
+            "LocalStack needs Python 3.13, which was not found (install it, e.g. `pyenv install 3.13`, "
+            "or set MICROBUS_LOCALSTACK_PYTHON)"
+        )
     env = {**os.environ, "MICROBUS_LOCALSTACK_STATE": state_dir}
     started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=300)
     if started.returncode != 0:
