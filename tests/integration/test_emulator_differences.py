@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from microbus.errors import TopologyError
-from microbus.topology import Queue, Subscription, Topology, apply_topology
+from microbus.topology import Queue, Subscription, Topic, Topology, apply_topology
 from microbus.transport import SQSTransport
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,27 @@ def test_the_policy_command_asks_sts_for_the_account_and_falls_back_to_a_wildcar
         assert account == ACCOUNT_IDS["moto"]
     if account == "*":
         assert "pass --account-id" in result.stderr
+
+
+def test_moto_wants_a_deduplication_id_that_a_content_deduplicating_fifo_topic_should_supply(microbus_endpoint, name):
+    # Given a FIFO topic with content-based deduplication and a FIFO queue without it
+    topology = Topology(
+        topics=(Topic(name=f"{name}.fifo", fifo=True, content_based_deduplication=True),),
+        queues=(Queue(name=f"{name}-q.fifo", fifo=True, subscriptions=(Subscription(topic=f"{name}.fifo"),)),),
+    )
+    applied = apply_topology(topology, **_sns_sqs(microbus_endpoint))
+    sns, sqs = _sns_sqs(microbus_endpoint).values()
+
+    def publish():
+        sns.publish(TopicArn=applied.topic_arns[f"{name}.fifo"], Message="x", MessageGroupId="g")
+
+    # Then moto rejects a publish without MessageDeduplicationId; LocalStack (like AWS) delivers it
+    if microbus_endpoint.kind == "moto":
+        with pytest.raises(ClientError, match="ContentBasedDeduplication"):
+            publish()
+    else:
+        publish()
+        assert _receive(sqs, applied.queue_urls[f"{name}-q.fifo"])
 
 
 def _environ(endpoint):
