@@ -19,6 +19,7 @@ from microbus.runtime import Worker
 from microbus.topology.check import queue_warnings
 from microbus.topology.loading import resolve_topology
 from microbus.topology.model import Queue, Topology
+from microbus.transport import translate_errors
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class ConsumerDaemon:
 
     ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them).
     ``handler_timeout_s`` is the longest a handler may take (the queue's visibility timeout should not be
-    shorter); ``topology`` (a Topology, a file or ``module:ATTRIBUTE``) declares the daemon's queue.
+    shorter); ``topology`` (a Topology, a file or ``module:ATTRIBUTE``) declares the daemon's queue, which
+    it consumes when no queue URL is configured.
     Configuration comes from ``defaults``, then the environment (microcosm's ``NAME__SECTION__KEY``),
     then the keyword overrides given to the constructor (the command line).
     """
@@ -63,8 +65,18 @@ class ConsumerDaemon:
         """Create the graph from defaults, environment and overrides."""
         loader = load_each(load_from_dict(self.defaults), load_from_environ, load_from_dict(self.overrides))
         graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
+        if not graph.config.sqs_consumer.sqs_queue_url:
+            self._use_declared_queue(graph)
         graph.use("sqs_consumer", "sqs_message_dispatcher")
         return graph
+
+    def _use_declared_queue(self, graph: ObjectGraph) -> None:
+        """Without a configured queue URL, consume the queue the topology declares for this daemon."""
+        declared, _ = self._declared_queue()
+        if declared is not None:
+            with translate_errors(f"SQS queue {declared.name}"):
+                url = graph.sqs_client.get_queue_url(QueueName=declared.name)["QueueUrl"]
+            graph.config.sqs_consumer.sqs_queue_url = url
 
     def check_queue(self) -> list[str]:
         """Check the live queue against the handler timeout and the topology; log and return warnings.

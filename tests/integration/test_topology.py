@@ -199,3 +199,28 @@ def test_the_daemon_warns_at_start_when_its_queue_disagrees(microbus_endpoint, c
     assert "no redrive policy" in text
     assert "is not the queue 'orders'" in text
     assert "shorter than the handler timeout" in caplog.text
+
+
+def test_without_a_queue_url_the_daemon_consumes_the_queue_its_topology_declares(microbus_endpoint, clients, prefix):
+    # Given a daemon class whose topology gives it a queue
+    topology = Topology(queues=(Queue(name=f"{prefix}-q"),), daemons=(Daemon.of(OrdersDaemon, queue=f"{prefix}-q"),))
+    url = apply_topology(topology, **clients).queue_urls[f"{prefix}-q"]
+    daemon_class = type("DeclaredOrdersDaemon", (OrdersDaemon,), {"topology": topology})
+    # When it is built without --sqs-queue-url
+    daemon = daemon_class(testing=True, **microbus_endpoint.config())
+    # Then it consumes that queue, and finds nothing to warn about
+    assert daemon.graph.sqs_consumer.queue_url == url
+    assert daemon.check_queue() == []
+
+
+def test_a_declared_queue_that_does_not_exist_stops_the_daemon_with_one_sentence(microbus_endpoint, prefix):
+    from microbus.errors import QueueNotFoundError
+
+    topology = Topology(
+        queues=(Queue(name=f"{prefix}-absent"),), daemons=(Daemon.of(OrdersDaemon, queue=f"{prefix}-absent"),)
+    )
+    daemon_class = type("DeclaredOrdersDaemon", (OrdersDaemon,), {"topology": topology})
+    with pytest.raises(
+        QueueNotFoundError, match=rf"SQS queue {prefix}-absent does not exist: create it \(microbus topology apply\)"
+    ):
+        daemon_class(testing=True, **microbus_endpoint.config()).create_object_graph()
