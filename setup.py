@@ -40,6 +40,8 @@ setup(
         "console_scripts": [
             "microbus = microbus.cli:main",
             "microbus-orders-daemon = daemons.orders:main",
+            "microbus-fulfilment-daemon = daemons.fulfilment:main",
+            "microbus-fulfilment-callbacks-daemon = daemons.fulfilment:callbacks_main",
         ],
         "microcosm.factories": [
             "pubsub_message_schema_registry = microbus.registry:configure_schema_registry",
@@ -52,6 +54,11 @@ setup(
             "sqs_client = microbus.transport:configure_sqs_client",
             "aws = microbus.transport:configure_aws",
             "dynamodb_client = microbus.transport:configure_dynamodb_client",
+            "parallel = microbus.parallel:configure_parallel",
+            "parallel_reporter = microbus.reporter:configure_parallel_reporter",
+            "fan_in_store = microbus.fanin:configure_fan_in_store",
+            "parallel_callback_runner = microbus.fanin:configure_parallel_callback_runner",
+            "parallel_callback_dispatcher = microbus.fanin:configure_parallel_callback_dispatcher",
         ],
     },
 )

@@ -5,12 +5,13 @@ from the subscribed queue and delete them. The bare side is the loop a team woul
 (receive 10, json-decode, delete_message_batch); microbus adds schema validation, decoding,
 dispatch, batched acks and worker threads. moto's cost grows with queue depth, so N stays small.
 
-    .venv/bin/python bench/throughput.py [N]
+    .venv/bin/python bench/throughput.py [N] [ROUNDS]
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -86,15 +87,22 @@ def with_microbus(settings, n, concurrency):
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    with EmbeddedEmulator() as emulator:
-        settings = emulator.settings()
-        rows = [("bare boto3", *bare(settings, n))]
-        for concurrency in (1, 4):
-            rows.append((f"microbus concurrency={concurrency}", *with_microbus(settings, n, concurrency)))
-    print(f"{n} messages, embedded moto server, one SNS topic -> one SQS queue (enveloped)")
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(rounds):  # a fresh emulator per round; the median of the rounds is printed
+        with EmbeddedEmulator() as emulator:
+            settings = emulator.settings()
+            runs.setdefault("bare boto3", []).append(bare(settings, n))
+            for concurrency in (1, 4):
+                runs.setdefault(f"microbus concurrency={concurrency}", []).append(
+                    with_microbus(settings, n, concurrency)
+                )
+    print(f"{n} messages x {rounds} rounds (median), embedded moto, one SNS topic -> one SQS queue (enveloped)")
     print(f"{'':28} {'publish msg/s':>14} {'consume msg/s':>14}")
-    for label, publish_s, consume_s in rows:
+    for label, results in runs.items():
+        publish_s = statistics.median(r[0] for r in results)
+        consume_s = statistics.median(r[1] for r in results)
         print(f"{label:28} {n / publish_s:14.0f} {n / consume_s:14.0f}")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from daemons import fulfilment
 from daemons.orders import TOPOLOGY, OrdersDaemon, order_book
 from microbus.emulator import EmbeddedEmulator
+from microbus.runtime import Worker
 from schemas import OrderPlaced, PaymentCaptured
 
 
@@ -20,6 +22,9 @@ class DemoSummary:
     dead_lettered: int
     left_in_queue: int
     elapsed_s: float
+    fanned_out: int = 0
+    confirmed: int = 0
+    final_runs: int = 0
 
     @property
     def lost(self) -> int:
@@ -28,8 +33,9 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        """True when nothing was lost and nothing is left behind."""
-        return self.lost == 0 and self.left_in_queue == 0 and self.handled == self.produced
+        """True when nothing was lost and nothing is left behind, and every fan-out confirmed its order once."""
+        fulfilled = self.confirmed == self.fanned_out == self.final_runs
+        return self.lost == 0 and self.left_in_queue == 0 and self.handled == self.produced and fulfilled
 
     def lines(self) -> list[str]:
         """The summary as printable lines."""
@@ -43,6 +49,8 @@ class DemoSummary:
             f"lost          {self.lost}",
             f"elapsed       {self.elapsed_s:.2f}s",
             f"throughput    {rate:.0f} messages/s",
+            f"fan-outs      {self.fanned_out} orders to inventory, payment and notification",
+            f"confirmed     {self.confirmed} orders (on-final ran {self.final_runs} times)",
         ]
 
 
@@ -53,22 +61,39 @@ def _queue_depth(sqs: object, url: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
-def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0) -> DemoSummary:
+def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0, fulfil: int = 5) -> DemoSummary:
     """Start the emulator and the topology, run the orders daemon, produce ``count`` messages of two
-    media types, and wait until every one was handled and deleted (or the timeout passed)."""
+    media types, fan ``fulfil`` orders out to the fulfilment daemons, and wait until every message was
+    handled and deleted and every fan-out confirmed its order (or the timeout passed)."""
+    fulfilment.ledger.reset()
     with EmbeddedEmulator() as emulator:
         settings = emulator.settings()
         sqs = settings.client("sqs")
         applied = emulator.apply(TOPOLOGY)
         queue_url = applied.queue_urls["orders"]
+        shop = emulator.apply(fulfilment.TOPOLOGY)
         daemon = OrdersDaemon(
             **emulator.config(),
             sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
-            sns_topic_arns=applied.sns_topic_arns_config(),
+            sns_topic_arns={
+                **applied.sns_topic_arns_config(),
+                "mappings": {
+                    **applied.sns_topic_arns_config()["mappings"],
+                    **dict.fromkeys(fulfilment.TARGET_MEDIA_TYPES, shop.topic_arns["fulfilment"]),
+                },
+            },
+            parallel={"callback_queue_url": shop.queue_urls["fulfilment-callbacks"]},
         )
         worker = daemon.create_worker(concurrency=concurrency)
+        helpers = [
+            cls(
+                **emulator.config(), sqs_consumer={"sqs_queue_url": shop.queue_urls[cls.name], "wait_seconds": 1}
+            ).create_worker(concurrency=2)
+            for cls in (fulfilment.FulfilmentDaemon, fulfilment.FulfilmentCallbacksDaemon)
+        ]
         started = time.monotonic()
-        worker.start()
+        for each in (worker, *helpers):
+            each.start()
         producer = daemon.graph.sns_producer
         orders = [
             {"order_id": f"order-{i}", "customer_id": f"c-{i % 7}", "total_cents": 100 + i} for i in range(count // 2)
@@ -76,20 +101,39 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
         payments = [{"order_id": f"order-{i}", "amount_cents": 100 + i} for i in range(count - len(orders))]
         produced = len(producer.produce_batch(OrderPlaced.MEDIA_TYPE, orders))
         produced += len(producer.produce_batch(PaymentCaptured.MEDIA_TYPE, payments))
+        fanned_out = [fulfilment.fulfil_order(daemon.graph.parallel, order) for order in orders[:fulfil]]
         deadline = started + timeout_s
-        while time.monotonic() < deadline and worker.stats.handled + worker.stats.dead_lettered < produced:
+        while time.monotonic() < deadline and not (
+            worker.stats.handled + worker.stats.dead_lettered >= produced and _fulfilled(fanned_out)
+        ):
             time.sleep(0.05)
         elapsed = time.monotonic() - started
-        worker.stop()
-        worker.join()
+        _stop(worker, *helpers)
         return DemoSummary(
             produced=produced,
             handled=worker.stats.handled,
             failed=worker.stats.failed,
             dead_lettered=worker.stats.dead_lettered,
-            left_in_queue=_queue_depth(sqs, queue_url),
+            left_in_queue=sum(_queue_depth(sqs, url) for url in (queue_url, *shop.queue_urls.values())),
             elapsed_s=elapsed,
+            fanned_out=len(fanned_out),
+            confirmed=len(set(fanned_out) & set(fulfilment.ledger.confirmed)),
+            final_runs=fulfilment.ledger.final_runs,
         )
+
+
+def _fulfilled(order_ids: list[str]) -> bool:
+    """Every order's three steps reported, and its final callback ran."""
+    ledger = fulfilment.ledger
+    closed = set(ledger.confirmed) | set(ledger.rejected)
+    return all(len(ledger.steps.get(order_id, {})) == 3 and order_id in closed for order_id in order_ids)
+
+
+def _stop(*workers: Worker) -> None:
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.join()
 
 
 __all__ = ["DemoSummary", "run_demo", "order_book"]

@@ -3,28 +3,35 @@
 from microbus.codecs import PubSubMessageCodec, PubSubMessageSchema
 from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
 from microbus.daemon import ConsumerDaemon
-from microbus.dispatch import Action, Outcome, Result, RetryPolicy, SQSMessageDispatcher, compute_backoff
+from microbus.dispatch import Action, Middleware, Outcome, Result, RetryPolicy, SQSMessageDispatcher, compute_backoff
 from microbus.errors import (
     CodecError,
     ConfigurationError,
     DecodeError,
     EndpointUnreachableError,
+    FanInStateError,
     IgnoreMessage,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
     Nack,
+    PatternError,
     PublishError,
     QueueNotFoundError,
+    ResponseNotSerializableError,
+    ResponseTooLargeError,
     SkipMessage,
     TopicNotDefinedError,
     TopicNotFoundError,
     TransientTransportError,
     TransportError,
 )
+from microbus.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.message import SQSMessage
+from microbus.parallel import Parallel, callback, current_cid, register_target
 from microbus.producer import SNSProducer, TopicArns
 from microbus.registry import HandlerRegistry, SchemaRegistry, handles, schema
+from microbus.reporter import FailureMode, ParallelReporter
 from microbus.runtime import Worker
 from microbus.transport import AWSSettings, SNSTransport, SQSTransport
 
@@ -54,9 +61,20 @@ __all__ = [
     "Outcome",
     "Action",
     "Result",
+    "Middleware",
     # runtime
     "Worker",
     "ConsumerDaemon",
+    # patterns: parallel execution and fan-out/fan-in
+    "Parallel",
+    "callback",
+    "register_target",
+    "current_cid",
+    "ParallelReporter",
+    "FailureMode",
+    "CallbackRunner",
+    "CallbackDaemon",
+    "FanInStore",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -71,6 +89,10 @@ __all__ = [
     "QueueNotFoundError",
     "TopicNotFoundError",
     "PublishError",
+    "PatternError",
+    "ResponseTooLargeError",
+    "ResponseNotSerializableError",
+    "FanInStateError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",

@@ -66,8 +66,9 @@ def emulator(reference: str, no_topology: bool) -> None:
 @click.option("--count", type=click.IntRange(2, 100_000), default=300, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True)
+@click.option("--fulfil", type=click.IntRange(0, 1_000), default=5, show_default=True, help="Orders to fan out.")
 @click.option("--verbose", is_flag=True, help="Log every message outcome.")
-def demo(count: int, concurrency: int, timeout_s: float, verbose: bool) -> None:
+def demo(count: int, concurrency: int, timeout_s: float, fulfil: int, verbose: bool) -> None:
     """The reference application end to end on the embedded emulator; exit 0 only if nothing was lost."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -75,11 +76,11 @@ def demo(count: int, concurrency: int, timeout_s: float, verbose: bool) -> None:
     from daemons.demo import run_demo
 
     try:
-        summary = run_demo(count=count, concurrency=concurrency, timeout_s=timeout_s)
+        summary = run_demo(count=count, concurrency=concurrency, timeout_s=timeout_s, fulfil=fulfil)
     except MicrobusError as exc:
         click.echo(f"demo: {exc}", err=True)
         sys.exit(2)
-    click.echo("microbus demo: orders daemon on the embedded moto server")
+    click.echo("microbus demo: orders, fulfilment and fulfilment-callbacks daemons on the embedded moto server")
     for line in summary.lines():
         click.echo(f"  {line}")
     click.echo("OK: every message was handled and deleted" if summary.ok else "FAILED: messages were lost or left")

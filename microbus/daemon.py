@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 class ConsumerDaemon:
     """Base class of consumer daemons; subclasses set ``name`` and import their handlers.
 
-    ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them).
+    ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them);
+    ``dispatcher_component`` names the graph component that dispatches its messages.
     ``handler_timeout_s`` is the longest a handler may take (the queue's visibility timeout should not be
     shorter); ``topology`` (a Topology, a file or ``module:ATTRIBUTE``) declares the daemon's queue, which
     it consumes when no queue URL is configured.
@@ -37,6 +38,7 @@ class ConsumerDaemon:
 
     name: ClassVar[str] = ""
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
+    dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
     handler_timeout_s: ClassVar[float | None] = None
     topology: ClassVar[Topology | str | None] = None
 
@@ -67,7 +69,7 @@ class ConsumerDaemon:
         graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
         if not graph.config.sqs_consumer.sqs_queue_url:
             self._use_declared_queue(graph)
-        graph.use("sqs_consumer", "sqs_message_dispatcher")
+        graph.use("sqs_consumer", self.dispatcher_component)
         return graph
 
     def _use_declared_queue(self, graph: ObjectGraph) -> None:
@@ -114,7 +116,7 @@ class ConsumerDaemon:
         self.check_queue()
         return Worker(
             consumer=self.graph.sqs_consumer,
-            dispatcher=self.graph.sqs_message_dispatcher,
+            dispatcher=getattr(self.graph, self.dispatcher_component),
             concurrency=concurrency,
             grace_period_s=grace_period_s,
         )

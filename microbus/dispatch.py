@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -99,6 +99,21 @@ class RetryPolicy:
         return compute_backoff(attempt=attempt, base_s=self.base_s, max_s=self.max_s, jitter=self.jitter)
 
 
+class Middleware:
+    """Extension points around handling one message; every hook is a no-op by default.
+
+    ``after_handle`` sees the outcome after retry limits were applied, and may change it (e.g. turn a
+    failure into an ack once it was reported elsewhere). Hooks must not raise; one that does turns
+    the outcome into a retry (FAILED, reason ``middleware-error``).
+    """
+
+    def before_handle(self, message: SQSMessage) -> None:
+        """Called before the message's handler is looked up and called."""
+
+    def after_handle(self, message: SQSMessage, result: Result) -> None:
+        """Called once the handler returned or raised, before the outcome is applied to the queue."""
+
+
 class SQSMessageDispatcher:
     """Calls handlers and applies their outcomes.
 
@@ -110,6 +125,7 @@ class SQSMessageDispatcher:
             for queues that carry several services' messages; otherwise they are dead-lettered.
         delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
             leaving them to the queue's redrive policy.
+        middleware: hooks run around each message, in order (``after_handle`` in reverse order).
     """
 
     def __init__(
@@ -120,8 +136,10 @@ class SQSMessageDispatcher:
         source: str = "microbus",
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.handler_registry = handler_registry
+        self.middleware = tuple(middleware)
         self.retry_policy = retry_policy or RetryPolicy()
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
@@ -130,15 +148,30 @@ class SQSMessageDispatcher:
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Call the message's handler and return the outcome; never raises for handler errors."""
         started = time.monotonic()
+        self._run_hooks(message, None)
         result = self._invoke(message)
         result.elapsed_s = time.monotonic() - started
         limit = max_attempts or self.retry_policy.max_attempts or self.retry_policy.default_max_attempts
         if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
             result.outcome = Outcome.EXPIRED
             result.reason = "max-attempts"
+        self._run_hooks(message, result)
         if result.outcome.action is Action.RETRY and not result.retry_after_s:
             result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
         return result
+
+    def _run_hooks(self, message: SQSMessage, result: Result | None) -> None:
+        """``before_handle`` (no result yet) or ``after_handle`` of every middleware; a raising hook means retry."""
+        for middleware in self.middleware if result is None else reversed(self.middleware):
+            try:
+                if result is None:
+                    middleware.before_handle(message)
+                else:
+                    middleware.after_handle(message, result)
+            except Exception as exc:
+                logger.exception("Middleware %s failed on message %r", type(middleware).__name__, message.message_id)
+                if result is not None:
+                    result.outcome, result.reason, result.error = Outcome.FAILED, "middleware-error", exc
 
     def _invoke(self, message: SQSMessage) -> Result:
         def result(outcome: Outcome, **kwargs: Any) -> Result:
@@ -168,8 +201,8 @@ class SQSMessageDispatcher:
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
         if unknown and self.skip_unknown_media_types:
-            return result(Outcome.IGNORED, reason=error.reason)  # type: ignore[no-any-return]
-        return result(Outcome.REJECTED, reason=error.reason, error=error)  # type: ignore[no-any-return]
+            return result(Outcome.IGNORED, reason=error.reason)
+        return result(Outcome.REJECTED, reason=error.reason, error=error)
 
     def apply(
         self, result: Result, message: SQSMessage, *, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
@@ -227,9 +260,10 @@ class SQSMessageDispatcher:
     max_attempts=None,
     skip_unknown_media_types=False,
     delete_undeliverable=False,
+    middleware=[],
 )
 def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher:
-    """microcosm factory: ``graph.sqs_message_dispatcher``."""
+    """microcosm factory: ``graph.sqs_message_dispatcher``; ``middleware`` names graph components."""
     config = graph.config.sqs_message_dispatcher
     return SQSMessageDispatcher(
         handler_registry=graph.sqs_message_handler_registry,
@@ -241,6 +275,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         source=graph.metadata.name,
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
+        middleware=[getattr(graph, name) for name in config.middleware or ()],
     )
 
 

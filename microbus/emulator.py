@@ -161,6 +161,27 @@ class EmbeddedEmulator(Endpoint):
         self.stop()
 
 
+def _serialize_dynamodb() -> None:
+    """Make moto's DynamoDB handle one request at a time.
+
+    moto serves requests on several threads and does not lock items, so two concurrent conditional
+    updates of one item can both pass their condition; DynamoDB itself applies them atomically. The
+    fan-in store relies on that atomicity.
+    """
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.Lock()
+    call_action = DynamoHandler.call_action
+
+    def serialized(self: DynamoHandler) -> Any:
+        with lock:
+            return call_action(self)
+
+    DynamoHandler.call_action = serialized  # type: ignore[method-assign]
+
+
 def _serve() -> None:
     """Child process: serve on a free loopback port, print it, exit when stdin closes."""
     import logging
@@ -168,6 +189,7 @@ def _serve() -> None:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    _serialize_dynamodb()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(server.get_host_and_port()[1], flush=True)

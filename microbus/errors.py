@@ -106,6 +106,22 @@ class PublishError(TransportError):
         self.failed = failed
 
 
+class PatternError(MicrobusError):
+    """Parallel execution or fan-in failed."""
+
+
+class ResponseTooLargeError(PatternError, MessageTooLargeError):
+    """A target's response does not fit in a callback message; return a reference (e.g. an S3 key)."""
+
+
+class ResponseNotSerializableError(PatternError):
+    """A target's response is not JSON, so it cannot travel in a callback message."""
+
+
+class FanInStateError(PatternError):
+    """The fan-in state of a correlation id is missing, expired, or too big for its table."""
+
+
 class Nack(Exception):
     """Raised by a handler: retry the message after ``visibility_timeout_seconds`` (None: the backoff)."""
 

@@ -138,7 +138,8 @@ def _instantiate(handler: Any, graph: ObjectGraph | None) -> Handler:
     for key, factory in graph._registry.factories.items():
         if factory is handler:
             return getattr(graph, key)  # type: ignore[no-any-return]
-    return handler(graph)  # type: ignore[no-any-return]
+    build: Any = handler
+    return build(graph)  # type: ignore[no-any-return]
 
 
 def configure_schema_registry(graph: ObjectGraph) -> SchemaRegistry:

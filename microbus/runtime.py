@@ -57,7 +57,7 @@ class Worker:
         consumer: the queue's consumer.
         dispatcher: calls handlers and applies outcomes.
         concurrency: handler threads.
-        prefetch: messages received ahead of free handler threads.
+        prefetch: messages received ahead of free handler threads (default 10, one receive batch).
         grace_period_s: on stop, how long in-flight handlers may take to finish.
         max_transport_backoff_s: cap of the pause between failed receives.
     """
@@ -75,7 +75,7 @@ class Worker:
         self.consumer = consumer
         self.dispatcher = dispatcher
         self.concurrency = max(1, concurrency)
-        self.capacity = self.concurrency + (prefetch if prefetch is not None else min(10, self.concurrency))
+        self.capacity = self.concurrency + (prefetch if prefetch is not None else 10)
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
         self.stats = Stats()
@@ -172,6 +172,9 @@ class Worker:
                 if failures == 0:
                     logger.warning("Receive failing, backing off until it recovers: %s", exc)
                 failures += 1
+            except Exception:
+                logger.exception("Unexpected error while receiving; backing off")
+                failures += 1
             else:
                 if failures:
                     logger.info("Receive recovered after %d failed attempts", failures)
@@ -193,10 +196,14 @@ class Worker:
             if self.stopping:
                 self._queue.put(message)
                 break
-            result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
-            self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
-            self.stats.count(result)
-            self._done(1)
+            try:
+                result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
+                self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
+                self.stats.count(result)
+            except Exception:
+                logger.exception("Unexpected error on message %r; it will be redelivered", message.message_id)
+            finally:
+                self._done(1)
 
     def _done(self, count: int) -> None:
         with self._cond:

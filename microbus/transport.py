@@ -80,7 +80,7 @@ class AWSSettings:
             read_timeout=self.read_timeout_s,
             retries={"max_attempts": self.max_attempts, "mode": "standard"},
         )
-        return session.client(service, endpoint_url=self.endpoint_url, config=config)
+        return session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
 
 
 @contextmanager

@@ -66,7 +66,7 @@ class StubQueue:
         self, *, max_messages: int, wait_time_seconds: int, visibility_timeout_seconds: int | None = None
     ) -> list[dict[str, Any]]:
         now = time.time()
-        out = []
+        out: list[dict[str, Any]] = []
         with self._lock:
             for stored in self.messages.values():
                 if len(out) >= max_messages:

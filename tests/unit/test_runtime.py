@@ -127,3 +127,26 @@ def test_transport_failures_back_off_and_recover():
     worker.join()
     assert queue.failures == 0
     assert worker.stats.outcomes["SUCCEEDED"] == 1
+
+
+def test_an_unexpected_error_in_dispatch_does_not_stall_the_worker():
+    queue = StubQueue()
+    for i in range(3):
+        queue.put(order(i))
+    worker = make_worker(queue, lambda content: None)
+    original = worker.dispatcher.handle
+    calls = []
+
+    def broken_once(message, **kwargs):
+        calls.append(message.message_id)
+        if len(calls) == 1:
+            raise KeyError("bug")
+        return original(message, **kwargs)
+
+    worker.dispatcher.handle = broken_once
+    worker.start()
+    wait_for(lambda: worker.stats.outcomes["SUCCEEDED"] == 2, timeout_s=5, what="the other messages")
+    worker.stop()
+    worker.join()
+    # The message that hit the bug was neither acked nor lost: it is still in the queue
+    assert queue.depth == 1

@@ -1,0 +1,323 @@
+"""Parallel execution: publish targets under one correlation id; report each outcome to a callback queue.
+
+Patterns layer: sits above dispatch and runtime, which never import it.
+
+Wire format (microcosm-pubsub compatible, ``opaqueData`` stays a string map). Each target message carries:
+
+=========================  ==========================================================================
+``x-microbus-cid``         the correlation id
+``x-microbus-source``      name of the invoking service
+``x-microbus-target``      the target's name as given to ``invoke`` (a media type or a registered name)
+``x-microbus-req-ts``      when ``invoke`` was called (ISO 8601, UTC)
+``x-microbus-reply-to``    URL of the callback queue
+``x-microbus-on-target``   JSON list of on-target callback names
+``x-microbus-on-final``    JSON list of on-final callback names (``fan_out`` only)
+``x-microbus-expected``    number of targets (``fan_out`` only; absent means no fan-in)
+=========================  ==========================================================================
+
+The daemon that ran a target sends one *report* to the callback queue
+(:class:`~microbus.reporter.ParallelReporter`); the callback daemon (:mod:`microbus.fanin`) turns it
+into one message per callback name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import fields
+from microcosm.api import defaults
+
+from microbus.codecs import PubSubMessageSchema
+from microbus.errors import ConfigurationError, DecodeError
+from microbus.message import SQSMessage, unwrap_envelope
+from microbus.producer import SNSProducer
+from microbus.registry import media_type_of, schema
+
+if TYPE_CHECKING:
+    from microcosm.object_graph import ObjectGraph
+
+logger = logging.getLogger(__name__)
+
+CID_KEY = "x-microbus-cid"
+SOURCE_KEY = "x-microbus-source"
+TARGET_KEY = "x-microbus-target"
+REQ_TS_KEY = "x-microbus-req-ts"
+REPLY_TO_KEY = "x-microbus-reply-to"
+ON_TARGET_KEY = "x-microbus-on-target"
+ON_FINAL_KEY = "x-microbus-on-final"
+EXPECTED_KEY = "x-microbus-expected"
+
+ON_TARGET = "on-target"
+ON_FINAL = "on-final"
+PAYLOAD_FIELDS = ("source", "target", "response", "req_ts_utc", "resp_ts_utc", "ok", "exception", "cid", "phase")
+
+Callback = Callable[[dict[str, Any]], Any]
+_callbacks: dict[str, Callback] = {}
+_targets: dict[str, str] = {}
+_current_cid: ContextVar[str | None] = ContextVar("microbus_parallel_cid", default=None)
+
+
+@schema
+class TargetReport(PubSubMessageSchema):
+    """Sent to the callback queue when a target finished: the on-target payload plus routing."""
+
+    MEDIA_TYPE = "application/vnd.microbus.parallel.report"
+
+    report_id = fields.String(required=True)
+    cid = fields.String(required=True)
+    source = fields.String(required=True)
+    target = fields.String(required=True)
+    response = fields.Raw(allow_none=True)
+    req_ts_utc = fields.String(required=True)
+    resp_ts_utc = fields.String(required=True)
+    ok = fields.Boolean(required=True)
+    exception = fields.String(allow_none=True)
+    phase = fields.String(required=True)
+    on_target = fields.List(fields.String(), required=True)
+    on_final = fields.List(fields.String(), required=True)
+    expected = fields.Integer(allow_none=True)
+
+
+@schema
+class CallbackInvocation(PubSubMessageSchema):
+    """One named callback to run; on-final invocations load their data from the fan-in store."""
+
+    MEDIA_TYPE = "application/vnd.microbus.parallel.callback"
+
+    callback = fields.String(required=True)
+    cid = fields.String(required=True)
+    phase = fields.String(required=True)
+    payload = fields.Dict(allow_none=True)
+
+
+def callback(name: str) -> Callable[[Callback], Callback]:
+    """Register a function as the parallel-execution callback ``name``; it receives the payload dict.
+
+    Raises:
+        ConfigurationError: another function already has that name.
+    """
+
+    def decorator(function: Callback) -> Callback:
+        known = _callbacks.get(name)
+        if known is not None and known.__qualname__ != function.__qualname__:
+            raise ConfigurationError(f"Callback {name!r} is registered twice: rename one of them")
+        _callbacks[name] = function
+        return function
+
+    return decorator
+
+
+def find_callback(name: str) -> Callback | None:
+    """Return the callback registered under ``name``, or None."""
+    return _callbacks.get(name)
+
+
+def register_target(name: str, target: str | type[PubSubMessageSchema]) -> None:
+    """Let ``invoke`` and ``fan_out`` accept ``name`` for the media type of ``target``."""
+    _targets[name] = media_type_of(target)
+
+
+def current_cid() -> str | None:
+    """The correlation id of the target or callback running in this context, else None."""
+    return _current_cid.get()
+
+
+def bind_cid(cid: str | None) -> Token[str | None]:
+    """Make ``cid`` the current cid; pass the token to :func:`unbind_cid` when done."""
+    return _current_cid.set(cid)
+
+
+def unbind_cid(token: Token[str | None]) -> None:
+    """Restore the cid that was current before :func:`bind_cid`."""
+    _current_cid.reset(token)
+
+
+def utc_now() -> str:
+    """Now, as the ISO 8601 UTC text used in payloads."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class ParallelRequest:
+    """What a target message carries about its parallel execution (see the module docstring)."""
+
+    cid: str
+    source: str
+    target: str
+    req_ts_utc: str
+    reply_to: str
+    on_target: tuple[str, ...]
+    on_final: tuple[str, ...] = ()
+    expected: int | None = None
+
+    def to_opaque(self) -> dict[str, str]:
+        """Opaque data entries, all strings."""
+        opaque = {
+            CID_KEY: self.cid,
+            SOURCE_KEY: self.source,
+            TARGET_KEY: self.target,
+            REQ_TS_KEY: self.req_ts_utc,
+            REPLY_TO_KEY: self.reply_to,
+            ON_TARGET_KEY: json.dumps(list(self.on_target)),
+        }
+        if self.expected is not None:
+            opaque[ON_FINAL_KEY] = json.dumps(list(self.on_final))
+            opaque[EXPECTED_KEY] = str(self.expected)
+        return opaque
+
+    @classmethod
+    def from_opaque(cls, opaque: Mapping[str, Any]) -> ParallelRequest | None:
+        """Read from opaque data; None when the message is not part of a parallel execution."""
+        if not opaque.get(CID_KEY) or not opaque.get(REPLY_TO_KEY):
+            return None
+        expected = opaque.get(EXPECTED_KEY)
+        return cls(
+            cid=str(opaque[CID_KEY]),
+            source=str(opaque.get(SOURCE_KEY, "")),
+            target=str(opaque.get(TARGET_KEY, "")),
+            req_ts_utc=str(opaque.get(REQ_TS_KEY, "")),
+            reply_to=str(opaque[REPLY_TO_KEY]),
+            on_target=tuple(json.loads(opaque.get(ON_TARGET_KEY) or "[]")),
+            on_final=tuple(json.loads(opaque.get(ON_FINAL_KEY) or "[]")),
+            expected=int(expected) if expected else None,
+        )
+
+    @classmethod
+    def from_message(cls, message: SQSMessage) -> ParallelRequest | None:
+        """Read from a received message, even one whose content did not decode."""
+        opaque: Any = message.opaque_data
+        if message.content is None:
+            try:
+                opaque = unwrap_envelope(message.body)[0].get("opaqueData") or {}
+            except DecodeError:
+                return None
+        return cls.from_opaque(opaque) if isinstance(opaque, Mapping) else None
+
+
+def target_payload(
+    request: ParallelRequest, *, response: Any, ok: bool, exception: str | None, resp_ts_utc: str
+) -> dict[str, Any]:
+    """The on-target callback payload."""
+    return {
+        "source": request.source,
+        "target": request.target,
+        "response": response,
+        "req_ts_utc": request.req_ts_utc,
+        "resp_ts_utc": resp_ts_utc,
+        "ok": ok,
+        "exception": exception if not ok else None,
+        "cid": request.cid,
+        "phase": ON_TARGET,
+    }
+
+
+def final_payload(
+    *,
+    cid: str,
+    source: str,
+    req_ts_utc: str,
+    on_target: Iterable[str],
+    on_final: Iterable[str],
+    data: Iterable[dict[str, Any]],
+) -> dict[str, Any]:
+    """The on-final callback payload; ``data`` is sorted by response time, then target."""
+    return {
+        "phase": ON_FINAL,
+        "source": source,
+        "req_ts_utc": req_ts_utc,
+        "cid": cid,
+        "on_target": list(on_target),
+        "on_final": list(on_final),
+        "data": sorted(data, key=lambda item: (item.get("resp_ts_utc") or "", item.get("target") or "")),
+    }
+
+
+class Parallel:
+    """``graph.parallel``: publishes targets for parallel execution and fan-out/fan-in.
+
+    Parameters:
+        producer: publishes the target messages (validation, topic by media type).
+        source: this service's name, as callbacks see it.
+        callback_queue_url: where target daemons send their reports.
+    """
+
+    def __init__(self, *, producer: SNSProducer, source: str, callback_queue_url: str | None) -> None:
+        self.producer = producer
+        self.source = source
+        self.callback_queue_url = callback_queue_url
+
+    def invoke(self, targets: Mapping[str, dict[str, Any]], callbacks: Iterable[str], cid: str | None = None) -> str:
+        """Publish one message per target; run ``callbacks`` after each target finished. Return the cid.
+
+        Raises:
+            ConfigurationError: no callback queue is configured, or a callback name is empty.
+            MessageValidationError, UnknownMediaTypeError, MessageTooLargeError: a target's payload (nothing sent).
+            TransportError: publishing failed (``PublishError`` lists what was sent).
+        """
+        return self._publish(targets, on_target=tuple(callbacks), on_final=None, cid=cid)
+
+    def fan_out(
+        self,
+        targets: Mapping[str, dict[str, Any]],
+        on_target: Iterable[str] = (),
+        on_final: Iterable[str] = (),
+        cid: str | None = None,
+    ) -> str:
+        """Like :meth:`invoke`, plus ``on_final`` callbacks run once after every target finished. Return the cid.
+
+        Raises:
+            The same as :meth:`invoke`.
+        """
+        return self._publish(targets, on_target=tuple(on_target), on_final=tuple(on_final), cid=cid)
+
+    def _publish(
+        self,
+        targets: Mapping[str, dict[str, Any]],
+        *,
+        on_target: tuple[str, ...],
+        on_final: tuple[str, ...] | None,
+        cid: str | None,
+    ) -> str:
+        if not self.callback_queue_url:
+            raise ConfigurationError("No callback queue configured: set parallel.callback_queue_url")
+        if not targets:
+            raise ConfigurationError("Parallel execution needs at least one target")
+        names = on_target + (on_final or ())
+        if not all(isinstance(name, str) and name for name in names):
+            raise ConfigurationError(f"Callback names must be non-empty strings, got {list(names)!r}")
+        cid = cid or uuid.uuid4().hex
+        req_ts_utc = utc_now()
+        messages = []
+        for target, payload in targets.items():
+            request = ParallelRequest(
+                cid=cid,
+                source=self.source,
+                target=target,
+                req_ts_utc=req_ts_utc,
+                reply_to=self.callback_queue_url,
+                on_target=on_target,
+                on_final=on_final or (),
+                expected=len(targets) if on_final is not None else None,
+            )
+            media_type = _targets.get(target, target)
+            messages.append(self.producer.create_message(media_type, payload, opaque_data=request.to_opaque()))
+        self.producer.publish_many(messages)
+        logger.info("Published %d targets for cid %r", len(messages), cid)
+        return cid
+
+
+@defaults(callback_queue_url=None)
+def configure_parallel(graph: ObjectGraph) -> Parallel:
+    """microcosm factory: ``graph.parallel``, reading ``parallel.callback_queue_url``."""
+    return Parallel(
+        producer=graph.sns_producer,
+        source=graph.metadata.name,
+        callback_queue_url=graph.config.parallel.callback_queue_url or None,
+    )
