@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from daemons import fulfilment
-from daemons.orders import TOPOLOGY, OrdersDaemon, order_book
+from daemons import fulfilment, reference
+from daemons.orders import OrdersDaemon, order_book
 from microbus.emulator import EmbeddedEmulator
 from microbus.runtime import Worker
 from schemas import OrderPlaced, PaymentCaptured
@@ -69,25 +69,18 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
     with EmbeddedEmulator() as emulator:
         settings = emulator.settings()
         sqs = settings.client("sqs")
-        applied = emulator.apply(TOPOLOGY)
+        applied = emulator.apply(reference.TOPOLOGY)
         queue_url = applied.queue_urls["orders"]
-        shop = emulator.apply(fulfilment.TOPOLOGY)
         daemon = OrdersDaemon(
             **emulator.config(),
             sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
-            sns_topic_arns={
-                **applied.sns_topic_arns_config(),
-                "mappings": {
-                    **applied.sns_topic_arns_config()["mappings"],
-                    **dict.fromkeys(fulfilment.TARGET_MEDIA_TYPES, shop.topic_arns["fulfilment"]),
-                },
-            },
-            parallel={"callback_queue_url": shop.queue_urls["fulfilment-callbacks"]},
+            sns_topic_arns=applied.sns_topic_arns_config(),
+            parallel={"callback_queue_url": applied.queue_urls["fulfilment-callbacks"]},
         )
         worker = daemon.create_worker(concurrency=concurrency)
         helpers = [
             cls(
-                **emulator.config(), sqs_consumer={"sqs_queue_url": shop.queue_urls[cls.name], "wait_seconds": 1}
+                **emulator.config(), sqs_consumer={"sqs_queue_url": applied.queue_urls[cls.name], "wait_seconds": 1}
             ).create_worker(concurrency=2)
             for cls in (fulfilment.FulfilmentDaemon, fulfilment.FulfilmentCallbacksDaemon)
         ]
@@ -114,7 +107,7 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
             handled=worker.stats.handled,
             failed=worker.stats.failed,
             dead_lettered=worker.stats.dead_lettered,
-            left_in_queue=sum(_queue_depth(sqs, url) for url in (queue_url, *shop.queue_urls.values())),
+            left_in_queue=sum(_queue_depth(sqs, url) for url in applied.queue_urls.values()),
             elapsed_s=elapsed,
             fanned_out=len(fanned_out),
             confirmed=len(set(fanned_out) & set(fulfilment.ledger.confirmed)),

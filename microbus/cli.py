@@ -18,7 +18,7 @@ from microbus.topology.describe import describe_lines
 from microbus.topology.policy import ArnBuilder, iam_policies
 from microbus.transport import AWSSettings, translate_errors
 
-REFERENCE_TOPOLOGY = "daemons.orders:TOPOLOGY"
+REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
 TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
 T = TypeVar("T")
 

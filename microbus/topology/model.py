@@ -188,6 +188,16 @@ class Topology:
         for kind in ("topics", "queues", "tables", "daemons", "producers"):
             self._index[kind] = {item.name: item for item in getattr(self, kind)}
 
+    def merged(self, *others: Topology) -> Topology:
+        """This topology and ``others`` as one: sections concatenated, the first default topic kept."""
+        parts = (self, *others)
+        sections = {
+            kind: tuple(item for part in parts for item in getattr(part, kind))
+            for kind in ("topics", "queues", "tables", "daemons", "producers")
+        }
+        default_topic = next((p.default_topic for p in parts if p.default_topic), None)
+        return Topology(**sections, default_topic=default_topic)
+
     def topic(self, name: str) -> Topic:
         """The topic called ``name``. Raises: TopologyError."""
         return self._get("topics", name)  # type: ignore[no-any-return]

@@ -15,9 +15,9 @@ CONSUME_ACTIONS = [
     "sqs:GetQueueUrl",
     "sqs:ReceiveMessage",
 ]
-SEND_ACTIONS = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"]
+SEND_ACTIONS = ["sqs:GetQueueUrl", "sqs:SendMessage"]
 PUBLISH_ACTIONS = ["sns:Publish"]
-TABLE_ACTIONS = ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+TABLE_ACTIONS = ["dynamodb:GetItem", "dynamodb:UpdateItem"]  # what the fan-in store does
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +44,7 @@ def iam_policy(topology: Topology, name: str, *, arns: ArnBuilder) -> dict[str, 
 
     A daemon receives, deletes and changes the visibility of its queue's messages and sends poison
     messages to its DLQ; anyone publishes its ``produces`` media types to their topics, sends to its
-    ``sends_to`` queues and reads/writes items of its ``tables``.
+    ``sends_to`` queues and gets/updates items of its ``tables`` (the fan-in store's calls).
 
     Raises:
         TopologyError: no daemon or producer has that name.

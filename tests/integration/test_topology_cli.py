@@ -36,6 +36,9 @@ def test_apply_creates_the_reference_topology_and_a_second_apply_says_nothing_ch
     described = json.loads(run(microbus_endpoint, "describe", "--json").stdout)
     assert described["queues"]["orders"]["max_receive_count"] == 5
     assert described["subscriptions"]["orders → orders"]["raw"] is False
+    # the whole reference application: fulfilment's queue, its callback queue and the fan-in table too
+    assert described["queues"]["fulfilment-callbacks"]["max_receive_count"] == 5
+    assert described["tables"]["fulfilment-fan-in"]["status"] == "ACTIVE"
 
 
 def test_plan_apply_describe_a_yaml_file(microbus_endpoint, tmp_path):

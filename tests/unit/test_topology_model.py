@@ -110,3 +110,21 @@ def test_lookups_of_unknown_names_list_the_known_ones():
         TOPOLOGY.queue("x")
     with pytest.raises(TopologyError, match="known: orders, orders-api"):
         TOPOLOGY.principal("x")
+
+
+def test_the_whole_reference_application_is_one_valid_topology():
+    from daemons import fulfilment
+    from daemons.reference import TOPOLOGY as REFERENCE
+    from microbus.topology import AppliedTopology
+
+    assert REFERENCE.validate() == []
+    assert REFERENCE.default_topic == "orders"
+    assert {q.name for q in REFERENCE.queues} == {"orders", "fulfilment", "fulfilment-callbacks"}
+    assert REFERENCE.daemon("fulfilment").sends_to == ("fulfilment-callbacks",)
+    # and producers get every route from it
+    applied = AppliedTopology(
+        topic_arns={"orders": "arn:o", "fulfilment": "arn:f"}, routes=REFERENCE.routes(), default_topic="orders"
+    )
+    mappings = applied.sns_topic_arns_config()["mappings"]
+    assert {mappings[m] for m in fulfilment.TARGET_MEDIA_TYPES} == {"arn:f"}
+    assert mappings[ORDER] == "arn:o"
