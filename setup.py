@@ -18,8 +18,12 @@ setup(
         "click>=8.0",
     ],
     extras_require={
+        "yaml": [
+            "PyYAML>=6",
+        ],
         "local": [
             "moto[server]>=5.1,<6",
+            "PyYAML>=6",
         ],
         "dev": [
             "moto[server]>=5.1,<6",
@@ -28,6 +32,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "boto3-stubs[sns,sqs,dynamodb]",
+            "PyYAML>=6",
+            "types-PyYAML",
         ],
     },
     entry_points={

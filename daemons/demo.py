@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from daemons import fulfilment
-from daemons.orders import TOPOLOGY, OrdersDaemon, order_book
+from daemons import fulfilment, reference
+from daemons.orders import OrdersDaemon, order_book
 from microbus.emulator import EmbeddedEmulator
 from microbus.runtime import Worker
-from microbus.topology import apply_topology
 from schemas import OrderPlaced, PaymentCaptured
 
 
@@ -69,23 +68,19 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
     fulfilment.ledger.reset()
     with EmbeddedEmulator() as emulator:
         settings = emulator.settings()
-        sns, sqs = settings.client("sns"), settings.client("sqs")
-        applied = apply_topology(TOPOLOGY, sns=sns, sqs=sqs)
+        sqs = settings.client("sqs")
+        applied = emulator.apply(reference.TOPOLOGY)
         queue_url = applied.queue_urls["orders"]
-        shop = apply_topology(fulfilment.TOPOLOGY, sns=sns, sqs=sqs, dynamodb=settings.client("dynamodb"))
         daemon = OrdersDaemon(
             **emulator.config(),
             sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
-            sns_topic_arns={
-                "default": applied.topic_arns["orders"],
-                "mappings": dict.fromkeys(fulfilment.TARGET_MEDIA_TYPES, shop.topic_arns["fulfilment"]),
-            },
-            parallel={"callback_queue_url": shop.queue_urls["fulfilment-callbacks"]},
+            sns_topic_arns=applied.sns_topic_arns_config(),
+            parallel={"callback_queue_url": applied.queue_urls["fulfilment-callbacks"]},
         )
         worker = daemon.create_worker(concurrency=concurrency)
         helpers = [
             cls(
-                **emulator.config(), sqs_consumer={"sqs_queue_url": shop.queue_urls[cls.name], "wait_seconds": 1}
+                **emulator.config(), sqs_consumer={"sqs_queue_url": applied.queue_urls[cls.name], "wait_seconds": 1}
             ).create_worker(concurrency=2)
             for cls in (fulfilment.FulfilmentDaemon, fulfilment.FulfilmentCallbacksDaemon)
         ]
@@ -112,7 +107,7 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
             handled=worker.stats.handled,
             failed=worker.stats.failed,
             dead_lettered=worker.stats.dead_lettered,
-            left_in_queue=sum(_queue_depth(sqs, url) for url in (queue_url, *shop.queue_urls.values())),
+            left_in_queue=sum(_queue_depth(sqs, url) for url in applied.queue_urls.values()),
             elapsed_s=elapsed,
             fanned_out=len(fanned_out),
             confirmed=len(set(fanned_out) & set(fulfilment.ledger.confirmed)),

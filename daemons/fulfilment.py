@@ -21,7 +21,7 @@ from typing import Any
 from microbus import ConsumerDaemon, handles
 from microbus.fanin import CallbackDaemon
 from microbus.parallel import Parallel, callback, current_cid, register_target
-from microbus.topology import Queue, Subscription, Table, Topology
+from microbus.topology import Daemon, Queue, Subscription, Table, Topic, Topology
 from schemas import ChargePayment, ReserveInventory, SendNotification
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,10 @@ class FulfilmentCallbacksDaemon(CallbackDaemon):
         return {**super().defaults, "fan_in_store": {"table_name": FAN_IN_TABLE}}
 
 
+# The targets' topic routes their media types; the callback queue is sent to directly (no subscription);
+# the callback daemon counts completions in the fan-in table. `daemons.reference` adds the orders flow.
 TOPOLOGY = Topology(
-    topics=("fulfilment",),
+    topics=(Topic(name="fulfilment", media_types=TARGET_MEDIA_TYPES),),
     queues=(
         Queue(
             name="fulfilment",
@@ -148,6 +150,10 @@ TOPOLOGY = Topology(
         Queue(name="fulfilment-callbacks", max_receive_count=5),
     ),
     tables=(Table(name=FAN_IN_TABLE),),
+    daemons=(
+        Daemon.of(FulfilmentDaemon, queue="fulfilment", sends_to=("fulfilment-callbacks",)),
+        Daemon(name=FulfilmentCallbacksDaemon.name, queue="fulfilment-callbacks", tables=(FAN_IN_TABLE,)),
+    ),
 )
 
 main = FulfilmentDaemon.main

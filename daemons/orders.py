@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from microbus import ConsumerDaemon, handles
-from microbus.topology import Queue, Subscription, Topology
+from microbus.topology import Daemon, Producer, Queue, Subscription, Topic, Topology
 from schemas import OrderPlaced, PaymentCaptured
 
 logger = logging.getLogger(__name__)
@@ -55,20 +55,25 @@ class OrdersDaemon(ConsumerDaemon):
 
     name = "orders"
     media_types = (OrderPlaced, PaymentCaptured)
+    handler_timeout_s = 10.0
+    topology = "daemons.orders:TOPOLOGY"
 
 
+# The reference application's topology: `microbus topology apply` creates it; the embedded emulator, the
+# demo and the test fixtures apply it with the same code. The subscription's filter is the daemon's media types.
 TOPOLOGY = Topology(
-    topics=("orders",),
+    topics=(Topic(name="orders", media_types=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),),
+    default_topic="orders",
     queues=(
         Queue(
             name="orders",
             visibility_timeout_s=30,
             max_receive_count=5,
-            subscriptions=(
-                Subscription(topic="orders", media_types=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),
-            ),
+            subscriptions=(Subscription(topic="orders"),),
         ),
     ),
+    daemons=(Daemon.of(OrdersDaemon, queue="orders"),),
+    producers=(Producer(name="orders-api", produces=(OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE)),),
 )
 
 main = OrdersDaemon.main

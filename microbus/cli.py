@@ -1,16 +1,26 @@
-"""The ``microbus`` command: run a daemon class, start the embedded emulator, run the demo."""
+"""The ``microbus`` command: run a daemon class, start the embedded emulator, run the demo, manage topology."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from microbus.daemon import ConsumerDaemon, daemon_options, run_daemon
 from microbus.errors import MicrobusError
+from microbus.topology import apply_topology, describe_topology, plan_topology, resolve_topology
+from microbus.topology.describe import describe_lines
+from microbus.topology.policy import ArnBuilder, iam_policies
+from microbus.transport import AWSSettings, translate_errors
+
+REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
+TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
+T = TypeVar("T")
 
 
 @click.group()
@@ -34,12 +44,18 @@ def run(target: str, **options: Any) -> None:
 
 
 @main.command()
-def emulator() -> None:
-    """Start the embedded moto server, print its endpoint, and serve until Ctrl-C."""
+@click.option("--topology", "reference", default=REFERENCE_TOPOLOGY, show_default=True, help=TOPOLOGY_HELP)
+@click.option("--no-topology", is_flag=True, help="Start empty: create no topology.")
+def emulator(reference: str, no_topology: bool) -> None:
+    """Start the embedded moto server, create the topology, print the endpoint, and serve until Ctrl-C."""
     from microbus.emulator import EmbeddedEmulator
 
     with EmbeddedEmulator() as embedded:
         click.echo(embedded.endpoint_url)
+        if not no_topology:
+            applied = _run(lambda: embedded.apply(resolve_topology(reference)))
+            click.echo(json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}))
+            click.echo(f"topology {reference}: {applied.plan.summary()}", err=True)
         try:
             sys.stdin.read() if not sys.stdin.isatty() else click.pause(info="Ctrl-C to stop")
         except KeyboardInterrupt:
@@ -69,3 +85,88 @@ def demo(count: int, concurrency: int, timeout_s: float, fulfil: int, verbose: b
         click.echo(f"  {line}")
     click.echo("OK: every message was handled and deleted" if summary.ok else "FAILED: messages were lost or left")
     sys.exit(0 if summary.ok else 1)
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run ``action``; a MicrobusError becomes one line on stderr and exit status 2."""
+    try:
+        return action()
+    except MicrobusError as exc:
+        click.echo(f"microbus: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+@click.option("--topology", "reference", default=REFERENCE_TOPOLOGY, show_default=True, help=TOPOLOGY_HELP)
+@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators); default: AWS.")
+@click.option("--region", envvar="AWS_DEFAULT_REGION", default="us-east-1", show_default=True)
+@click.pass_context
+def topology(ctx: click.Context, reference: str, endpoint_url: str | None, region: str) -> None:
+    """Plan, apply, describe a topology, and print the IAM policies its daemons and producers need."""
+    ctx.obj = {"reference": reference, "settings": AWSSettings(endpoint_url=endpoint_url, region_name=region)}
+
+
+def _clients(ctx: click.Context) -> dict[str, Any]:
+    settings: AWSSettings = ctx.obj["settings"]
+    return {service: settings.client(service) for service in ("sns", "sqs", "dynamodb")}
+
+
+@topology.command()
+@click.option("--verbose", is_flag=True, help="List unchanged resources too.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 3 when there are changes.")
+@click.pass_context
+def plan(ctx: click.Context, verbose: bool, detailed_exitcode: bool) -> None:
+    """Show what apply would change, as a diff (+ create, ~ update), without changing anything."""
+    result = _run(lambda: plan_topology(resolve_topology(ctx.obj["reference"]), **_clients(ctx)))
+    for line in result.lines(verbose=verbose):
+        click.echo(line)
+    click.echo(f"Plan: {result.summary()}." if result.has_changes else "No changes: live resources match.")
+    sys.exit(3 if detailed_exitcode and result.has_changes else 0)
+
+
+@topology.command()
+@click.option("--verbose", is_flag=True, help="List unchanged resources too.")
+@click.pass_context
+def apply(ctx: click.Context, verbose: bool) -> None:
+    """Create what is missing and update what differs (never deletes); a second apply changes nothing."""
+    applied = _run(lambda: apply_topology(resolve_topology(ctx.obj["reference"]), **_clients(ctx)))
+    for line in applied.plan.lines(verbose=verbose):
+        click.echo(line)
+    if applied.plan.has_changes:
+        click.echo(f"Applied: {applied.plan.summary()}.")
+    else:
+        click.echo(f"Nothing to change: {len(applied.plan.changes)} resources already match the topology.")
+
+
+@topology.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def describe(ctx: click.Context, as_json: bool) -> None:
+    """Show what exists of the topology's resources (MISSING where absent)."""
+    description = _run(lambda: describe_topology(resolve_topology(ctx.obj["reference"]), **_clients(ctx)))
+    click.echo(json.dumps(description, indent=2) if as_json else "\n".join(describe_lines(description)))
+
+
+@topology.command()
+@click.argument("name", required=False)
+@click.option("--account-id", help="Account of the ARNs; default: asked of STS, else *.")
+@click.option("--partition", default="aws", show_default=True)
+@click.pass_context
+def policy(ctx: click.Context, name: str | None, account_id: str | None, partition: str) -> None:
+    """Print the least-privilege IAM policy of daemon/producer NAME (default: all of them, by name) as JSON."""
+    settings: AWSSettings = ctx.obj["settings"]
+    topology_ = _run(lambda: resolve_topology(ctx.obj["reference"]))
+    arns = ArnBuilder(account_id=account_id or _account_id(settings), region=settings.region_name, partition=partition)
+    documents = _run(lambda: iam_policies(topology_, arns=arns))
+    if name is not None and name not in documents:
+        _run(lambda: topology_.principal(name))
+    click.echo(json.dumps(documents[name] if name else documents, indent=2))
+
+
+def _account_id(settings: AWSSettings) -> str:
+    try:
+        with translate_errors("STS GetCallerIdentity"):
+            return str(settings.client("sts").get_caller_identity()["Account"])
+    except MicrobusError as exc:
+        click.echo(f"microbus: account id unknown ({exc}); using * (pass --account-id)", err=True)
+        return "*"

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import click
 from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
 from microcosm.object_graph import ObjectGraph
 
 from microbus.codecs import PubSubMessageSchema
-from microbus.errors import MicrobusError
+from microbus.consumer import SQSConsumer
+from microbus.errors import EndpointUnreachableError, MicrobusError, TopologyError, TransientTransportError
 from microbus.registry import media_type_of
 from microbus.runtime import Worker
+from microbus.topology.check import queue_warnings
+from microbus.topology.loading import resolve_topology
+from microbus.topology.model import Queue, Topology
+from microbus.transport import translate_errors
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ class ConsumerDaemon:
 
     ``media_types`` restricts the daemon to some ``@handles`` registrations (None: all of them);
     ``dispatcher_component`` names the graph component that dispatches its messages.
+    ``handler_timeout_s`` is the longest a handler may take (the queue's visibility timeout should not be
+    shorter); ``topology`` (a Topology, a file or ``module:ATTRIBUTE``) declares the daemon's queue, which
+    it consumes when no queue URL is configured.
     Configuration comes from ``defaults``, then the environment (microcosm's ``NAME__SECTION__KEY``),
     then the keyword overrides given to the constructor (the command line).
     """
@@ -31,6 +39,8 @@ class ConsumerDaemon:
     name: ClassVar[str] = ""
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
     dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
+    handler_timeout_s: ClassVar[float | None] = None
+    topology: ClassVar[Topology | str | None] = None
 
     def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
         if not self.name:
@@ -57,13 +67,60 @@ class ConsumerDaemon:
         """Create the graph from defaults, environment and overrides."""
         loader = load_each(load_from_dict(self.defaults), load_from_environ, load_from_dict(self.overrides))
         graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
+        if not graph.config.sqs_consumer.sqs_queue_url:
+            self._use_declared_queue(graph)
         graph.use("sqs_consumer", self.dispatcher_component)
         return graph
+
+    def _use_declared_queue(self, graph: ObjectGraph) -> None:
+        """Without a configured queue URL, consume the queue the topology declares for this daemon."""
+        declared, _ = self._declared_queue()
+        if declared is not None:
+            with translate_errors(f"SQS queue {declared.name}"):
+                url = graph.sqs_client.get_queue_url(QueueName=declared.name)["QueueUrl"]
+            graph.config.sqs_consumer.sqs_queue_url = url
+
+    def check_queue(self) -> list[str]:
+        """Check the live queue against the handler timeout and the topology; log and return warnings.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist (one sentence that says what to do).
+        """
+        consumer = cast(SQSConsumer, self.graph.sqs_consumer)
+        info = consumer.queue_info()
+        declared, handler_timeout_s = self._declared_queue()
+        warnings = queue_warnings(
+            info, queue_url=consumer.queue_url, handler_timeout_s=handler_timeout_s, declared=declared
+        )
+        for warning in warnings:
+            logger.warning("%s", warning)
+        return warnings
+
+    def _declared_queue(self) -> tuple[Queue | None, float | None]:
+        topology = resolve_topology(self.topology) if isinstance(self.topology, str) else self.topology
+        if topology is None:
+            return None, self.handler_timeout_s
+        try:
+            entry = topology.daemon(self.name)
+            declared = topology.queue(entry.queue)
+        except TopologyError:
+            return None, self.handler_timeout_s
+        return declared, self.handler_timeout_s if self.handler_timeout_s is not None else entry.handler_timeout_s
 
     def create_worker(
         self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5
     ) -> Worker:
-        """Build the worker that runs this daemon's queue."""
+        """Check the queue (:meth:`check_queue`) and build the worker that runs it.
+
+        An unreachable endpoint is not an error here: the worker waits for it when it starts.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+        """
+        try:
+            self.check_queue()
+        except (EndpointUnreachableError, TransientTransportError) as exc:
+            logger.debug("Queue check deferred until the queue is reachable: %s", exc)
         return Worker(
             consumer=self.graph.sqs_consumer,
             dispatcher=getattr(self.graph, self.dispatcher_component),

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from microbus.errors import ConfigurationError
+from microbus.topology import AppliedTopology, Topology, apply_topology
 from microbus.transport import AWSSettings
 
 # Emulator-only placeholders: moto accepts any key; these are not credentials.
@@ -29,8 +30,10 @@ class Endpoint:
 
     kind = "external"
 
-    def __init__(self, endpoint_url: str | None = None) -> None:
+    def __init__(self, endpoint_url: str | None = None, *, kind: str | None = None) -> None:
         self.endpoint_url = endpoint_url
+        if kind is not None:
+            self.kind = kind
 
     def settings(self) -> AWSSettings:
         """AWS settings that point at this emulator."""
@@ -54,6 +57,19 @@ class Endpoint:
                 "secret_access_key": settings.secret_access_key,
             }
         }
+
+    def clients(self) -> dict[str, Any]:
+        """SNS, SQS and DynamoDB clients pointing at this emulator, by service name."""
+        settings = self.settings()
+        return {service: settings.client(service) for service in ("sns", "sqs", "dynamodb")}
+
+    def apply(self, topology: Topology) -> AppliedTopology:
+        """Create (or update) a topology on this emulator, tables included.
+
+        Raises:
+            TopologyError, TransportError.
+        """
+        return apply_topology(topology, **self.clients())
 
     def environ(self) -> dict[str, str]:
         """Environment variables that point a child process (a daemon) at this emulator."""

@@ -18,6 +18,10 @@ class ConfigurationError(MicrobusError):
     """Something in the configuration must be fixed."""
 
 
+class TopologyError(ConfigurationError):
+    """A topology declaration or file is invalid, or live resources cannot be made to match it."""
+
+
 class TopicNotDefinedError(ConfigurationError):
     """No SNS topic is configured for a media type."""
 

@@ -70,6 +70,11 @@ def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False
     return decorator
 
 
+def registered_handler_media_types() -> list[str]:
+    """Every media type that has a ``@handles`` handler."""
+    return sorted(_handlers)
+
+
 class SchemaRegistry:
     """Finds the codec for a media type among the registered schemas."""
 

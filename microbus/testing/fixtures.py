@@ -1,12 +1,18 @@
 """pytest fixtures: an emulator endpoint, a fresh topic + queue (+ DLQ) per test, a configured graph.
 
-Enable with ``pytest_plugins = ["microbus.testing.fixtures"]``. The emulator is the embedded moto
-server, or the endpoint in ``MICROBUS_TEST_ENDPOINT_URL`` (e.g. LocalStack) when that is set.
+Enable with ``pytest_plugins = ["microbus.testing.fixtures"]``. Choose the emulator with
+``--emulator moto|localstack`` or ``MICROBUS_TEST_EMULATOR`` (default moto, the embedded server).
+``MICROBUS_TEST_ENDPOINT_URL`` points the tests at an emulator already running. For LocalStack without
+one, the fixture starts ``localstack/localstack.sh`` (or ``MICROBUS_LOCALSTACK_SCRIPT``) for the session;
+when LocalStack is unavailable the tests skip with the reason, except under CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,9 +23,37 @@ from microcosm.api import create_object_graph, load_from_dict
 from microcosm.object_graph import ObjectGraph
 
 from microbus.emulator import EmbeddedEmulator, Endpoint
-from microbus.topology import Queue, Subscription, Topology, apply_topology
+from microbus.topology import Queue, Subscription, Topic, Topology, apply_topology
 
 ENDPOINT_VARIABLE = "MICROBUS_TEST_ENDPOINT_URL"
+EMULATOR_VARIABLE = "MICROBUS_TEST_EMULATOR"
+SCRIPT_VARIABLE = "MICROBUS_LOCALSTACK_SCRIPT"
+EMULATORS = ("moto", "localstack")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--emulator moto|localstack``."""
+    parser.addoption(
+        "--emulator",
+        choices=EMULATORS,
+        default=None,
+        help=f"emulator of the integration tests (default: ${EMULATOR_VARIABLE}, else moto)",
+    )
+
+
+def emulator_kind(config: pytest.Config) -> str:
+    """The emulator chosen by ``--emulator`` or ``MICROBUS_TEST_EMULATOR`` (default moto)."""
+    kind = config.getoption("--emulator", default=None) or os.environ.get(EMULATOR_VARIABLE) or "moto"
+    if kind not in EMULATORS:
+        raise pytest.UsageError(f"{EMULATOR_VARIABLE}={kind!r}: expected one of {', '.join(EMULATORS)}")
+    return str(kind)
+
+
+def unavailable(reason: str) -> None:
+    """Skip with ``reason`` locally; fail under CI (``CI=true``), where a silent skip would hide a gap."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass
@@ -72,14 +106,49 @@ class TestQueue:
 
 
 @pytest.fixture(scope="session")
-def microbus_endpoint() -> Iterator[Endpoint]:
-    """The emulator every integration test talks to, over HTTP on loopback."""
+def microbus_endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    """The emulator every integration test talks to, over HTTP on loopback; ``.kind`` says which."""
+    kind = emulator_kind(request.config)
     url = os.environ.get(ENDPOINT_VARIABLE)
     if url:
-        yield Endpoint(url)
-        return
-    with EmbeddedEmulator() as emulator:
-        yield emulator
+        yield Endpoint(url, kind=kind)
+    elif kind == "moto":
+        with EmbeddedEmulator() as emulator:
+            yield emulator
+    else:
+        yield from _localstack(str(request.config.rootpath), str(tmp_path_factory.mktemp("localstack")))
+
+
+def _python313_available() -> bool:
+    """Whether localstack.sh can find a Python 3.13 (same places: the variable, PATH, pyenv)."""
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates = [os.environ.get("MICROBUS_LOCALSTACK_PYTHON"), shutil.which("python3.13")]
+    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.13*", "bin", "python3.13")))
+    check = "import sys; sys.exit(sys.version_info[:2] != (3, 13))"
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", check], capture_output=True, timeout=30).returncode == 0:
+            return True
+    return False
+
+
+def _localstack(rootdir: str, state_dir: str) -> Iterator[Endpoint]:
+    script = os.environ.get(SCRIPT_VARIABLE) or os.path.join(rootdir, "localstack", "localstack.sh")
+    if not os.path.isfile(script):
+        unavailable(f"LocalStack tests need {script} (or {ENDPOINT_VARIABLE}) and it is missing")
+    if not _python313_available():
+        unavailable(
+            "LocalStack needs Python 3.13, which was not found (install it, e.g. `pyenv install 3.13`, "
+            "or set MICROBUS_LOCALSTACK_PYTHON)"
+        )
+    env = {**os.environ, "MICROBUS_LOCALSTACK_STATE": state_dir}
+    started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        reason = (started.stderr.strip().splitlines() or ["no output"])[-1]
+        unavailable(f"LocalStack could not start ({reason})")
+    try:
+        yield Endpoint(started.stdout.strip().splitlines()[-1], kind="localstack")
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture
@@ -93,7 +162,7 @@ def make_queue(microbus_endpoint: Endpoint) -> Callable[..., TestQueue]:
         settings = microbus_endpoint.settings()
         sns, sqs = settings.client("sns"), settings.client("sqs")
         topology = Topology(
-            topics=(name,),
+            topics=(Topic(name=name),),
             queues=(
                 Queue(
                     name=name,

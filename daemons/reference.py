@@ -1,0 +1,18 @@
+"""The reference application's whole topology: the orders flow and order fulfilment (fan-out/fan-in).
+
+`microbus topology apply`, `microbus emulator`, the demo and `localstack/init.sh` create it.
+"""
+
+from __future__ import annotations
+
+from daemons import fulfilment, orders
+from microbus.topology import Producer, Topology
+
+# Whoever fans orders out (the demo uses the orders daemon's graph) publishes the targets' media types
+# and writes nothing else: the callback queue is fed by the fulfilment daemon.
+TOPOLOGY = orders.TOPOLOGY.merged(
+    fulfilment.TOPOLOGY,
+    Topology(producers=(Producer(name="fulfilment-invoker", produces=fulfilment.TARGET_MEDIA_TYPES),)),
+)
+
+__all__ = ["TOPOLOGY"]
