@@ -67,7 +67,7 @@ def idempotency_environ(microbus_endpoint):
     """Environment for a daemon whose WorkOnce handler is idempotent: a fresh table, a 3 s lease."""
     name = f"idem-{uuid.uuid4().hex[:8]}"
     client = microbus_endpoint.settings().client("dynamodb")
-    apply_topology(Topology(tables=(Table(name),)), sns=None, sqs=None, dynamodb=client)
+    apply_topology(Topology(tables=(Table(name=name),)), sns=None, sqs=None, dynamodb=client)
     return {
         **microbus_endpoint.environ(),
         "FAULT__IDEMPOTENCY_GUARD__TABLE_NAME": name,

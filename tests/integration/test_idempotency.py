@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def store(microbus_endpoint):
     client = microbus_endpoint.settings().client("dynamodb")
     name = f"idem-{uuid.uuid4().hex[:8]}"
-    apply_topology(Topology(tables=(Table(name),)), sns=None, sqs=None, dynamodb=client)
+    apply_topology(Topology(tables=(Table(name=name),)), sns=None, sqs=None, dynamodb=client)
     return DynamoDBIdempotencyStore(client=client, table_name=name)
 
 
