@@ -6,11 +6,17 @@ from the subscribed queue and delete them. The bare side is the loop a team woul
 dispatch, batched acks and worker threads. moto's cost grows with queue depth, so N stays small.
 
     .venv/bin/python bench/throughput.py [N] [ROUNDS]
+    MICROBUS_BENCH_ENDPOINT_URL=$(localstack/localstack.sh endpoint) .venv/bin/python bench/throughput.py 2000
+
+With MICROBUS_BENCH_ENDPOINT_URL the same run goes against that emulator (e.g. LocalStack, whose cost
+does not grow with queue depth) instead of a fresh embedded moto server per round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -18,7 +24,7 @@ import uuid
 
 from microbus import SNSProducer, SQSConsumer, TopicArns, Worker
 from microbus.dispatch import SQSMessageDispatcher
-from microbus.emulator import EmbeddedEmulator
+from microbus.emulator import EmbeddedEmulator, Endpoint
 from microbus.registry import HandlerRegistry, SchemaRegistry
 from microbus.testing import wait_for
 from microbus.topology import Queue, Subscription, Topology, apply_topology
@@ -89,16 +95,18 @@ def with_microbus(settings, n, concurrency):
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    url = os.environ.get("MICROBUS_BENCH_ENDPOINT_URL")
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(rounds):  # a fresh emulator per round; the median of the rounds is printed
-        with EmbeddedEmulator() as emulator:
+        with contextlib.nullcontext(Endpoint(url)) if url else EmbeddedEmulator() as emulator:
             settings = emulator.settings()
             runs.setdefault("bare boto3", []).append(bare(settings, n))
             for concurrency in (1, 4):
                 runs.setdefault(f"microbus concurrency={concurrency}", []).append(
                     with_microbus(settings, n, concurrency)
                 )
-    print(f"{n} messages x {rounds} rounds (median), embedded moto, one SNS topic -> one SQS queue (enveloped)")
+    where = url or "embedded moto"
+    print(f"{n} messages x {rounds} rounds (median), {where}, one SNS topic -> one SQS queue (enveloped)")
     print(f"{'':28} {'publish msg/s':>14} {'consume msg/s':>14}")
     for label, results in runs.items():
         publish_s = statistics.median(r[0] for r in results)

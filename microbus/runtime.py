@@ -15,6 +15,7 @@ from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
 from microbus.errors import EndpointUnreachableError, QueueNotFoundError, TransientTransportError, TransportError
 from microbus.heartbeat import VisibilityHeartbeat
 from microbus.message import SQSMessage
+from microbus.transport import MAX_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +206,15 @@ class Worker:
             signal.signal(signum, on_signal)
 
     def _free_slots(self) -> int:
+        """Wait until a full receive batch fits (or the prefetch, when smaller); return the free slots.
+
+        Receiving only when a batch fits keeps receives large: a worker that always has one free
+        slot would otherwise receive one message per call.
+        """
+        wanted = max(1, min(MAX_BATCH, self.capacity - self.concurrency))
         with self._cond:
-            self._cond.wait_for(lambda: self._outstanding < self.capacity or self.stopping, timeout=1.0)
-            return self.capacity - self._outstanding
+            self._cond.wait_for(lambda: self.capacity - self._outstanding >= wanted or self.stopping, timeout=1.0)
+            return self.capacity - self._outstanding if self.capacity - self._outstanding >= wanted else 0
 
     def _poll(self) -> None:
         failures = 0
