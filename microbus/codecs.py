@@ -110,8 +110,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """
     try:
         value = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise MalformedBodyError(f"Message body is not JSON: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MalformedBodyError(f"Message body is not JSON (or nested too deeply): {type(exc).__name__}") from exc
     if not isinstance(value, dict):
         raise MalformedBodyError(f"Message body is JSON but not an object: {type(value).__name__}")
     return value

@@ -138,7 +138,13 @@ class SQSConsumer:
             return False
         if self._dead_letter_transport is None:
             self._dead_letter_transport = self.transport.for_queue(url)
-        self._dead_letter_transport.send(message.body, dead_letter_attributes(message, reason, error, source))
+        fifo = url.endswith(".fifo")
+        self._dead_letter_transport.send(
+            message.body,
+            dead_letter_attributes(message, reason, error, source),
+            message_group_id=(message.message_group_id or "microbus-dead-letters") if fifo else None,
+            deduplication_id=message.message_id if fifo else None,
+        )
         self.ack(message)
         return True
 
@@ -194,12 +200,17 @@ class BatchAcker:
             self._pending.append(message)
             self._cond.notify()
 
-    def close(self) -> None:
-        """Flush what is pending and stop the thread."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush what is pending and stop the thread, waiting at most ``timeout_s`` (None: no limit).
+
+        Deletes not flushed by then are abandoned: those messages are redelivered (at least once).
+        """
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("Deletes not flushed within %.0fs; those messages will be redelivered", timeout_s or 0)
 
     def _take(self) -> list[SQSMessage] | None:
         with self._cond:

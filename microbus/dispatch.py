@@ -196,7 +196,7 @@ class SQSMessageDispatcher:
                     middleware.after_handle(message, result)
             except Exception as exc:
                 logger.exception("Middleware %s failed on message %r", type(middleware).__name__, message.message_id)
-                if result is not None:
+                if result is not None and result.outcome.action is not Action.DEAD_LETTER:
                     result.outcome, result.reason, result.error = Outcome.FAILED, "middleware-error", exc
 
     def _invoke(self, message: SQSMessage) -> Result:
@@ -220,7 +220,7 @@ class SQSMessageDispatcher:
             return result(Outcome.SKIPPED, reason=str(exc), extra=exc.extra)
         except IgnoreMessage as exc:
             return result(Outcome.IGNORED, reason=str(exc), extra=exc.extra)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit or CancelledError from a handler must not end the worker thread
             return result(Outcome.FAILED, reason="handler-error", error=exc)
         return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)
 

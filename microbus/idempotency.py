@@ -112,11 +112,15 @@ class IdempotencyGuard:
         Raises:
             SkipMessage: already handled (the message is acked).
             Nack: being handled elsewhere (retried after the lease's remainder).
-            TransportError: the store could not be reached before the call (the message is retried).
+            Nack: the store could not be reached before the call (retried with the backoff, not counted as a
+                handler failure, so an outage of the table never dead-letters good messages).
         """
         token = uuid.uuid4().hex
         now = self.clock()
-        record = self.store.claim(key, token=token, now=now, lease_s=self.lease_s)
+        try:
+            record = self.store.claim(key, token=token, now=now, lease_s=self.lease_s)
+        except TransportError as exc:
+            raise Nack(None, reason=f"idempotency store unreachable: {exc}", extra={"idempotency_key": key}) from exc
         if record is not None:
             if decide(record, now=now) is Decision.DUPLICATE:
                 raise SkipMessage("duplicate", extra={"idempotency_key": key})

@@ -32,6 +32,7 @@ class SQSMessage:
     error: DecodeError | None = None
     topic_arn: str | None = None
     sns_message_id: str | None = None
+    message_group_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +107,7 @@ def decode_raw_message(
         body=raw.get("Body", ""),
         approximate_receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
         message_attributes=raw.get("MessageAttributes", {}),
+        message_group_id=attributes.get("MessageGroupId"),
     )
     try:
         obj, message.topic_arn, message.sns_message_id = unwrap_envelope(message.body)
@@ -116,4 +118,6 @@ def decode_raw_message(
         message.content = schema_registry.find(media_type).decode(obj)
     except DecodeError as exc:
         message.error = exc
+    except Exception as exc:  # whatever the content, one message never takes its batch down
+        message.error = DecodeError(f"Message could not be decoded: {type(exc).__name__}: {exc}")
     return message

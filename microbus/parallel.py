@@ -144,6 +144,18 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _names(text: Any) -> tuple[str, ...]:
+    """A JSON list of callback names from opaque data (absent: none).
+
+    Raises:
+        ValueError: not a JSON list of strings.
+    """
+    names = json.loads(text or "[]")
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"not a JSON list of names: {text!r}")
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class ParallelRequest:
     """What a target message carries about its parallel execution (see the module docstring)."""
@@ -178,16 +190,20 @@ class ParallelRequest:
         if not opaque.get(CID_KEY) or not opaque.get(REPLY_TO_KEY):
             return None
         expected = opaque.get(EXPECTED_KEY)
-        return cls(
-            cid=str(opaque[CID_KEY]),
-            source=str(opaque.get(SOURCE_KEY, "")),
-            target=str(opaque.get(TARGET_KEY, "")),
-            req_ts_utc=str(opaque.get(REQ_TS_KEY, "")),
-            reply_to=str(opaque[REPLY_TO_KEY]),
-            on_target=tuple(json.loads(opaque.get(ON_TARGET_KEY) or "[]")),
-            on_final=tuple(json.loads(opaque.get(ON_FINAL_KEY) or "[]")),
-            expected=int(expected) if expected else None,
-        )
+        try:
+            return cls(
+                cid=str(opaque[CID_KEY]),
+                source=str(opaque.get(SOURCE_KEY, "")),
+                target=str(opaque.get(TARGET_KEY, "")),
+                req_ts_utc=str(opaque.get(REQ_TS_KEY, "")),
+                reply_to=str(opaque[REPLY_TO_KEY]),
+                on_target=_names(opaque.get(ON_TARGET_KEY)),
+                on_final=_names(opaque.get(ON_FINAL_KEY)),
+                expected=int(expected) if expected else None,
+            )
+        except (TypeError, ValueError) as exc:
+            logger.warning("Ignoring malformed parallel-execution fields in opaqueData: %s", exc)
+            return None
 
     @classmethod
     def from_message(cls, message: SQSMessage) -> ParallelRequest | None:

@@ -113,8 +113,9 @@ class SNSProducer:
     ) -> OutgoingMessage:
         """Validate and encode a message without sending it.
 
-        The opaque data gets a unique ``x-microbus-message-id`` (unless given): it identifies the message
-        across producer retries, SNS duplicates and SQS redeliveries, raw or enveloped (idempotency key).
+        The opaque data gets a fresh ``x-microbus-message-id``, replacing any inherited from a message being
+        handled: it identifies this message across producer retries, SNS duplicates and SQS redeliveries,
+        raw or enveloped (the idempotency key).
 
         Raises:
             UnknownMediaTypeError, MessageValidationError, MessageTooLargeError, TopicNotDefinedError.
@@ -123,7 +124,7 @@ class SNSProducer:
         opaque = dict(self.opaque() if self.opaque else {})
         opaque.update(opaque_data or {})
         opaque[PUBLISHED_KEY] = str(time.time())
-        opaque.setdefault(MESSAGE_ID_KEY, uuid.uuid4().hex)
+        opaque[MESSAGE_ID_KEY] = uuid.uuid4().hex
         message = self.schema_registry.find(media_type).encode(
             dct, media_type=media_type, uri=uri, opaque_data=opaque, **kwargs
         )

@@ -185,7 +185,7 @@ class Worker:
         self.heartbeat.stop()
         self._release_unstarted()
         assert self._acker is not None
-        self._acker.close()
+        self._acker.close(max(5.0, deadline - time.monotonic()))  # an unreachable SQS must not hold the exit
         self._stopped.set()
 
     def run(self) -> None:

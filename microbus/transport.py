@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -19,6 +19,7 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     NoRegionError,
+    ProfileNotFound,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -51,7 +52,7 @@ class AWSSettings:
     region_name: str = "us-east-1"
     profile_name: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 3
@@ -71,19 +72,30 @@ class AWSSettings:
         )
 
     def client(self, service: str) -> Any:
-        """Create a boto3 client for ``service`` with these settings."""
-        session = boto3.session.Session(
-            profile_name=self.profile_name,
-            region_name=self.region_name,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-        )
+        """Create a boto3 client for ``service`` with these settings.
+
+        Raises:
+            ConfigurationError: the profile does not exist, or the endpoint URL is not a URL.
+        """
         config = Config(
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
             retries={"max_attempts": self.max_attempts, "mode": "standard"},
         )
-        return session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
+        try:
+            session = boto3.session.Session(
+                profile_name=self.profile_name,
+                region_name=self.region_name,
+                aws_access_key_id=self.access_key_id,
+                aws_secret_access_key=self.secret_access_key,
+            )
+            return session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
+        except ProfileNotFound as exc:
+            raise ConfigurationError(f"AWS profile {self.profile_name!r} does not exist: fix aws.profile_name") from exc
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Cannot create the {service} client ({exc}): the endpoint URL must look like http://127.0.0.1:4566"
+            ) from exc
 
 
 @contextmanager
@@ -188,11 +200,22 @@ class SQSTransport:
             failed.extend(chunk[int(entry["Id"])][0] for entry in response.get("Failed", []))
         return failed
 
-    def send(self, body: str, message_attributes: dict[str, Any] | None = None) -> str:
-        """Send one message; return its message id."""
+    def send(
+        self,
+        body: str,
+        message_attributes: dict[str, Any] | None = None,
+        *,
+        message_group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """Send one message (a FIFO queue needs ``message_group_id``); return its message id."""
         kwargs: dict[str, Any] = {"QueueUrl": self.queue_url, "MessageBody": body}
         if message_attributes:
             kwargs["MessageAttributes"] = message_attributes
+        if message_group_id is not None:
+            kwargs["MessageGroupId"] = message_group_id
+        if deduplication_id is not None:
+            kwargs["MessageDeduplicationId"] = deduplication_id
         with translate_errors(self._what):
             response = self.client.send_message(**kwargs)
         return str(response["MessageId"])

@@ -117,7 +117,7 @@ class StubQueue:
                     stored.visible_at = time.time() + seconds
         return failed
 
-    def send(self, body: str, message_attributes: dict[str, Any] | None = None) -> str:
+    def send(self, body: str, message_attributes: dict[str, Any] | None = None, **fifo: str | None) -> str:
         self.dead_letters.append((body, message_attributes or {}))
         return f"stub-dlq-{len(self.dead_letters)}"
 

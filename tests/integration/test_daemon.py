@@ -176,3 +176,35 @@ def test_microbus_run_rejects_a_target_that_is_not_a_daemon():
     )
     assert result.returncode == 2
     assert "is not a ConsumerDaemon subclass" in result.stderr
+
+
+def test_poison_on_a_fifo_queue_is_dead_lettered_to_its_fifo_dlq(microbus_endpoint):
+    # Given a FIFO queue whose redrive target is a FIFO DLQ
+    sqs = microbus_endpoint.settings().client("sqs")
+    name = f"fifo-{os.urandom(4).hex()}"
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})
+    url = sqs.create_queue(
+        QueueName=f"{name}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true", "RedrivePolicy": redrive},
+    )["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="{not json", MessageGroupId="g-1")
+    # When a worker consumes it
+    graph = create_object_graph(
+        "fifo-test",
+        testing=True,
+        loader=load_from_dict(
+            {**microbus_endpoint.config(), "sqs_consumer": {"sqs_queue_url": url, "wait_seconds": 1}}
+        ),
+    )
+    worker = start_worker(graph, lambda content: None)
+    try:
+        wait_for(lambda: worker.stats.dead_lettered == 1, timeout_s=20, what="the dead letter")
+    finally:
+        worker.stop()
+        worker.join()
+    # Then it is in the FIFO DLQ with its reason, and gone from the queue
+    (dead,) = sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
+    assert dead["MessageAttributes"]["microbus.reason"]["StringValue"] == "malformed-body"
+    assert dead["Body"] == "{not json"

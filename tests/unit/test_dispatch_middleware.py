@@ -95,5 +95,18 @@ def test_a_raising_after_hook_turns_success_into_a_retry_with_backoff():
     assert result.retry_after_s >= 1
 
 
+def test_a_raising_after_hook_never_turns_a_dead_letter_into_a_retry():
+    class Broken(Middleware):
+        def after_handle(self, message, result):
+            raise RuntimeError("hook bug")
+
+    # Given a message that can never succeed (its handler is missing)
+    poison = make_message()
+    poison.media_type = "application/vnd.nobody"
+    result = dispatcher(lambda content: True, Broken()).handle(poison)
+    # Then it still goes to the dead-letter queue
+    assert result.outcome is Outcome.REJECTED
+
+
 def test_without_middleware_the_outcome_is_unchanged():
     assert dispatcher(lambda content: {"ok": 1}).handle(make_message()).response == {"ok": 1}

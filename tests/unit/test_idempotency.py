@@ -162,3 +162,29 @@ def test_the_producer_stamps_a_unique_message_id():
     first, second = (producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o"}) for _ in range(2))
     ids = [json.loads(m.message)["opaqueData"]["x-microbus-message-id"] for m in (first, second)]
     assert all(ids) and ids[0] != ids[1]
+
+
+def test_a_message_produced_while_handling_another_gets_its_own_message_id():
+    # Given opaque data passed on from the message being handled (usual microcosm practice)
+    from microbus import SNSProducer, TopicArns
+    from microbus.registry import SchemaRegistry
+
+    inherited = {"x-microbus-message-id": "parent", "x-request-id": "req-1"}
+    producer = SNSProducer(transport=None, schema_registry=SchemaRegistry(), topic_arns=TopicArns(default="arn:t"))
+    children = [producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o"}, opaque_data=inherited) for _ in "ab"]
+    # Then each child has a fresh id (an idempotent consumer would otherwise drop the second as a duplicate)
+    opaque = [json.loads(m.message)["opaqueData"] for m in children]
+    assert len({o["x-microbus-message-id"] for o in opaque} | {"parent"}) == 3
+    assert all(o["x-request-id"] == "req-1" for o in opaque)
+
+
+def test_an_unreachable_idempotency_store_retries_the_message_without_running_or_expiring_it():
+    class Unreachable(MemoryIdempotencyStore):
+        def claim(self, key, *, token, now, lease_s):
+            raise TransientTransportError("DynamoDB table microbus-idempotency failed transiently (500)")
+
+    calls = []
+    with pytest.raises(Nack) as caught:
+        guard(store=Unreachable()).run("k", lambda: calls.append(1))
+    assert calls == []
+    assert caught.value.visibility_timeout_seconds is None  # the backoff, not a handler failure

@@ -405,3 +405,17 @@ def test_a_fan_out_report_outside_a_dispatcher_says_how_to_wire_the_runner():
     runner = CallbackRunner(transport=RecordingTransport(), schema_registry=SchemaRegistry(), store=store)
     with pytest.raises(ConfigurationError, match="must be in its dispatcher's middleware"):
         runner.handle_report({"expected": 2, "on_target": [], "on_final": ["f"], "cid": "c"})
+
+
+@pytest.mark.parametrize(
+    "opaque",
+    [
+        {"x-microbus-cid": "c", "x-microbus-reply-to": "q", "x-microbus-expected": "three"},
+        {"x-microbus-cid": "c", "x-microbus-reply-to": "q", "x-microbus-on-target": "{not json"},
+        {"x-microbus-cid": "c", "x-microbus-reply-to": "q", "x-microbus-on-final": '{"a": 1}'},
+    ],
+)
+def test_malformed_parallel_fields_are_ignored_not_turned_into_endless_retries(opaque):
+    from microbus.parallel import ParallelRequest
+
+    assert ParallelRequest.from_opaque(opaque) is None

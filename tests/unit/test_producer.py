@@ -125,3 +125,23 @@ def test_opaque_data_carries_the_publish_time_and_the_callers_ids(sns):
     opaque = json.loads(outgoing.message)["opaqueData"]
     assert opaque["x-request-id"] == "req-1"
     assert float(opaque["x-request-published"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "sentence"),
+    [
+        ({"endpoint_url": "127.0.0.1:1"}, "the endpoint URL must look like"),
+        ({"profile_name": "no-such-profile-here"}, "AWS profile 'no-such-profile-here' does not exist"),
+    ],
+)
+def test_client_misconfiguration_is_one_clear_sentence(settings, sentence):
+    from microbus import AWSSettings, ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=sentence):
+        AWSSettings(**settings).client("sqs")
+
+
+def test_the_secret_key_is_not_in_the_settings_repr():
+    from microbus import AWSSettings
+
+    assert "hunter2" not in repr(AWSSettings(access_key_id="AK", secret_access_key="hunter2"))

@@ -4,6 +4,7 @@ batched acks, shutdown returns unstarted messages."""
 from __future__ import annotations
 
 import threading
+import time
 
 from microbus import Outcome, Worker
 from microbus.dispatch import SQSMessageDispatcher
@@ -150,3 +151,53 @@ def test_an_unexpected_error_in_dispatch_does_not_stall_the_worker():
     worker.join()
     # The message that hit the bug was neither acked nor lost: it is still in the queue
     assert queue.depth == 1
+
+
+def test_a_deeply_nested_body_is_dead_lettered_and_does_not_take_its_batch_down():
+    queue = StubQueue()
+    queue.put("[" * 5000 + "]" * 5000)
+    for i in range(5):
+        queue.put(order(i))
+    handled = []
+    worker = make_worker(queue, lambda content: handled.append(content["order_id"]))
+    worker.start()
+    wait_for(lambda: queue.depth == 0, timeout_s=10, what="the queue to drain")
+    worker.stop()
+    worker.join()
+    assert sorted(handled) == [f"o-{i}" for i in range(5)]
+    assert queue.dead_letters[0][1]["microbus.reason"]["StringValue"] == "malformed-body"
+
+
+def test_a_handler_raising_system_exit_fails_its_message_and_the_worker_goes_on():
+    queue = StubQueue()
+    queue.put(order(0))
+    queue.put(order(1))
+
+    def handler(content):
+        if content["order_id"] == "o-0":
+            raise SystemExit(3)
+
+    worker = make_worker(queue, handler)
+    worker.start()
+    wait_for(lambda: worker.stats.outcomes["SUCCEEDED"] == 1, timeout_s=5, what="the second message")
+    worker.stop()
+    worker.join()
+    assert worker.stats.outcomes["FAILED"] == 1
+    assert queue.depth == 1  # the failed message waits for its retry
+
+
+def test_shutdown_does_not_wait_forever_for_deletes_that_cannot_be_flushed():
+    class UnreachableDeletes(StubQueue):
+        def delete_batch(self, receipt_handles):
+            threading.Event().wait(30)
+            return []
+
+    queue = UnreachableDeletes()
+    queue.put(order(0))
+    worker = make_worker(queue, lambda content: None, grace_period_s=0.1)
+    worker.start()
+    wait_for(lambda: worker.stats.outcomes["SUCCEEDED"] == 1, timeout_s=5, what="the handler")
+    worker.stop()
+    stopping = time.monotonic()
+    worker.join()
+    assert time.monotonic() - stopping < 15
