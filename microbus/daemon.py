@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -15,7 +17,7 @@ from microbus.codecs import PubSubMessageSchema
 from microbus.consumer import SQSConsumer
 from microbus.errors import EndpointUnreachableError, MicrobusError, TopologyError, TransientTransportError
 from microbus.registry import media_type_of
-from microbus.runtime import Worker
+from microbus.runtime import Worker, transport_backoff_s
 from microbus.topology.check import queue_warnings
 from microbus.topology.loading import resolve_topology
 from microbus.topology.model import Queue, Topology
@@ -73,12 +75,25 @@ class ConsumerDaemon:
         return graph
 
     def _use_declared_queue(self, graph: ObjectGraph) -> None:
-        """Without a configured queue URL, consume the queue the topology declares for this daemon."""
+        """Without a configured queue URL, consume the queue the topology declares for this daemon.
+
+        While the endpoint is unreachable, wait for it (as the worker does), logging once.
+        """
         declared, _ = self._declared_queue()
-        if declared is not None:
-            with translate_errors(f"SQS queue {declared.name}"):
-                url = graph.sqs_client.get_queue_url(QueueName=declared.name)["QueueUrl"]
-            graph.config.sqs_consumer.sqs_queue_url = url
+        if declared is None:
+            return
+        failures = 0
+        while True:
+            try:
+                with translate_errors(f"SQS queue {declared.name}"):
+                    url = graph.sqs_client.get_queue_url(QueueName=declared.name)["QueueUrl"]
+                break
+            except (EndpointUnreachableError, TransientTransportError) as exc:
+                if failures == 0:
+                    logger.warning("Queue unreachable at start, waiting for it: %s", exc)
+                failures += 1
+                time.sleep(transport_backoff_s(failures, max_s=20.0))
+        graph.config.sqs_consumer.sqs_queue_url = url
 
     def check_queue(self) -> list[str]:
         """Check the live queue against the handler timeout and the topology; log and return warnings.
@@ -189,6 +204,8 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
         for noisy in ("botocore", "boto3", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.INFO)
     overrides = daemon_overrides(options["sqs_queue_url"], options["endpoint_url"], options["wait_seconds"])
+    for signum in (signal.SIGTERM, signal.SIGINT):  # until the worker runs, a signal just exits cleanly
+        signal.signal(signum, _exit_before_start)
     try:
         daemon = cls(debug=options["debug"], testing=options["testing"], **overrides)
         daemon.run(
@@ -199,6 +216,10 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
     except MicrobusError as exc:
         click.echo(f"{cls.name}: {exc}", err=True)
         sys.exit(2)
+
+
+def _exit_before_start(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def daemon_command(cls: type[ConsumerDaemon]) -> click.Command:

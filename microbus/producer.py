@@ -20,6 +20,7 @@ from microbus.errors import (
     PublishError,
     TopicNotDefinedError,
     TransientTransportError,
+    TransportError,
 )
 from microbus.registry import SchemaRegistry
 from microbus.transport import MAX_BATCH, SNSTransport
@@ -203,6 +204,8 @@ class SNSProducer:
             except _RETRYABLE as exc:
                 failed = {i: str(exc) for i in remaining}
                 continue
+            except TransportError as exc:  # not worth retrying (no such topic, access denied): report, go on
+                return {i: str(exc) for i in remaining}
             for position, index in enumerate(remaining):
                 ids[index] = batch_ids[position]
             failed = {remaining[position]: reason for position, reason in batch_failed.items()}

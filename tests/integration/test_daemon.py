@@ -146,11 +146,13 @@ def test_a_missing_queue_fails_with_one_clear_sentence(microbus_queue):
     assert f"SQS queue {missing} does not exist" in result.stderr
 
 
-def test_an_unreachable_endpoint_is_reported_in_one_clear_sentence_and_waited_for(microbus_queue):
-    # Given a daemon whose endpoint refuses connections
+@pytest.mark.parametrize("declared", [False, True], ids=["queue-url", "queue-from-topology"])
+def test_an_unreachable_endpoint_is_reported_in_one_clear_sentence_and_waited_for(microbus_queue, declared):
+    # Given a daemon whose endpoint refuses connections (its queue given, or taken from its topology)
     env = daemon_env(microbus_queue) | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    queue_option = [] if declared else ["--sqs-queue-url", microbus_queue.queue_url]
     process = subprocess.Popen(
-        [str(BIN / "microbus-orders-daemon"), "--sqs-queue-url", microbus_queue.queue_url],
+        [str(BIN / "microbus-orders-daemon"), *queue_option],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -145,3 +145,19 @@ def test_the_secret_key_is_not_in_the_settings_repr():
     from microbus import AWSSettings
 
     assert "hunter2" not in repr(AWSSettings(access_key_id="AK", secret_access_key="hunter2"))
+
+
+def test_a_batch_that_fails_for_good_midway_reports_what_was_sent_and_what_was_not(sns):
+    # Given a topic that accepts the first PublishBatch and then refuses access
+    client, stubber = sns
+    stubber.add_response(
+        "publish_batch", {"Successful": [{"Id": str(i), "MessageId": f"m{i}"} for i in range(10)], "Failed": []}
+    )
+    stubber.add_client_error("publish_batch", "AuthorizationError", http_status_code=403)
+    # When 15 messages are produced
+    with pytest.raises(PublishError) as caught:
+        producer(client).produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": str(i)} for i in range(15)])
+    # Then the error says which were published and which were not, instead of a bare transport error
+    assert caught.value.message_ids == [f"m{i}" for i in range(10)] + [None] * 5
+    assert sorted(caught.value.failed) == list(range(10, 15))
+    assert "AuthorizationError" in str(caught.value)
