@@ -22,15 +22,23 @@ class OrderBook:
     def __init__(self) -> None:
         self.orders: dict[str, dict[str, Any]] = {}
         self.payments: dict[str, int] = {}
+        self.message_ids: set[str] = set()  # distinct messages handled, by the producer's message id
         self._lock = threading.Lock()
 
     def place(self, content: dict[str, Any]) -> None:
         with self._lock:
             self.orders[content["order_id"]] = content
+            self._seen(content)
 
-    def capture(self, order_id: str, amount_cents: int) -> None:
+    def capture(self, content: dict[str, Any]) -> None:
         with self._lock:
-            self.payments[order_id] = self.payments.get(order_id, 0) + amount_cents
+            self.payments[content["order_id"]] = self.payments.get(content["order_id"], 0) + content["amount_cents"]
+            self._seen(content)
+
+    def _seen(self, content: dict[str, Any]) -> None:
+        message_id = (content.get("opaque_data") or {}).get("x-microbus-message-id")
+        if message_id:
+            self.message_ids.add(message_id)
 
 
 order_book = OrderBook()
@@ -46,7 +54,7 @@ def handle_order_placed(content: dict[str, Any]) -> bool:
 @handles(PaymentCaptured)
 def handle_payment_captured(content: dict[str, Any]) -> bool:
     """Record a captured payment."""
-    order_book.capture(content["order_id"], content["amount_cents"])
+    order_book.capture(content)
     return True
 
 

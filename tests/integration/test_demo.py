@@ -16,5 +16,5 @@ def test_the_demo_handles_every_message_and_exits_zero():
     result = subprocess.run([str(microbus), "demo", "--count", "60"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "produced      60" in result.stdout
-    assert "handled       60" in result.stdout
+    assert "handled       60 (0 duplicates)" in result.stdout
     assert "lost          0" in result.stdout
