@@ -23,7 +23,7 @@ from microcosm.api import create_object_graph, load_from_dict
 from microcosm.object_graph import ObjectGraph
 
 from microbus.emulator import EmbeddedEmulator, Endpoint
-from microbus.topology import Queue, Subscription, Topic, Topology, apply_topology
+from microbus.topology import Queue, Subscription, Table, Topic, Topology, apply_topology
 
 ENDPOINT_VARIABLE = "MICROBUS_TEST_ENDPOINT_URL"
 EMULATOR_VARIABLE = "MICROBUS_TEST_EMULATOR"
@@ -175,6 +175,19 @@ def make_queue(microbus_endpoint: Endpoint) -> Callable[..., TestQueue]:
         applied = apply_topology(topology, sns=sns, sqs=sqs)
         dlq_url = sqs.get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"] if max_receive_count else None
         return TestQueue(microbus_endpoint, applied.topic_arns[name], applied.queue_urls[name], dlq_url, sns, sqs)
+
+    return make
+
+
+@pytest.fixture
+def make_table(microbus_endpoint: Endpoint) -> Callable[[str], str]:
+    """Factory of fresh DynamoDB tables (keyed by ``pk``, with TTL): ``make_table("idem")`` returns the name."""
+
+    def make(prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client = microbus_endpoint.settings().client("dynamodb")
+        apply_topology(Topology(tables=(Table(name=name),)), sns=None, sqs=None, dynamodb=client)
+        return name
 
     return make
 

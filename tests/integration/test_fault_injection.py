@@ -11,7 +11,6 @@ import random
 import re
 import signal
 import time
-import uuid
 
 import pytest
 from microcosm.api import create_object_graph, load_from_dict
@@ -21,7 +20,6 @@ from microbus.errors import TransportError
 from microbus.producer import TopicArns
 from microbus.registry import SchemaRegistry
 from microbus.testing import wait_for
-from microbus.topology import Table, Topology, apply_topology
 from microbus.transport import AWSSettings, SNSTransport
 from tests.integration.fault_daemon import Work, WorkOnce
 from tests.integration.faults import Daemon, FaultyProxy, Ledger, paced_produce, report, visible_messages
@@ -63,11 +61,9 @@ def dead_letters(queue):
 
 
 @pytest.fixture
-def idempotency_environ(microbus_endpoint):
+def idempotency_environ(microbus_endpoint, make_table):
     """Environment for a daemon whose WorkOnce handler is idempotent: a fresh table, a 3 s lease."""
-    name = f"idem-{uuid.uuid4().hex[:8]}"
-    client = microbus_endpoint.settings().client("dynamodb")
-    apply_topology(Topology(tables=(Table(name=name),)), sns=None, sqs=None, dynamodb=client)
+    name = make_table("idem")
     return {
         **microbus_endpoint.environ(),
         "FAULT__IDEMPOTENCY_GUARD__TABLE_NAME": name,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import pytest
 from microcosm.api import create_object_graph, load_from_dict
@@ -15,18 +14,15 @@ from microbus.errors import ConfigurationError
 from microbus.idempotency import COMPLETED, DynamoDBIdempotencyStore, IdempotencyGuard
 from microbus.registry import HandlerRegistry
 from microbus.testing import wait_for
-from microbus.topology import Table, Topology, apply_topology
 from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(microbus_endpoint):
+def store(microbus_endpoint, make_table):
     client = microbus_endpoint.settings().client("dynamodb")
-    name = f"idem-{uuid.uuid4().hex[:8]}"
-    apply_topology(Topology(tables=(Table(name=name),)), sns=None, sqs=None, dynamodb=client)
-    return DynamoDBIdempotencyStore(client=client, table_name=name)
+    return DynamoDBIdempotencyStore(client=client, table_name=make_table("idem"))
 
 
 def test_only_one_of_many_concurrent_claims_wins(store):
