@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from daemons import fulfilment, reference
 from daemons.orders import OrdersDaemon, order_book
-from microbus.emulator import EmbeddedEmulator
-from microbus.runtime import Worker
+from microbus.consume.worker import Worker
+from microbus.testing.emulator import EmbeddedEmulator
 from schemas import OrderPlaced, PaymentCaptured
 
 

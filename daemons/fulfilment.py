@@ -19,8 +19,8 @@ import threading
 from typing import Any
 
 from microbus import ConsumerDaemon, handles
-from microbus.fanin import CallbackDaemon
-from microbus.parallel import Parallel, callback, current_cid, register_target
+from microbus.patterns.fanin import CallbackDaemon
+from microbus.patterns.parallel import Parallel, callback, current_cid, register_target
 from microbus.topology import Daemon, Queue, Subscription, Table, Topic, Topology
 from schemas import ChargePayment, ReserveInventory, SendNotification
 

@@ -1,9 +1,20 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
-from microbus.codecs import PubSubMessageCodec, PubSubMessageSchema
-from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
-from microbus.daemon import ConsumerDaemon
-from microbus.dispatch import Action, Middleware, Outcome, Result, RetryPolicy, SQSMessageDispatcher, compute_backoff
+from microbus.consume.consumer import BatchAcker, QueueInfo, SQSConsumer
+from microbus.consume.daemon import ConsumerDaemon
+from microbus.consume.dispatch import (
+    Action,
+    Middleware,
+    Outcome,
+    Result,
+    RetryPolicy,
+    SQSMessageDispatcher,
+    compute_backoff,
+)
+from microbus.consume.handlers import HandlerRegistry, handles
+from microbus.consume.heartbeat import VisibilityHeartbeat
+from microbus.consume.message import SQSMessage
+from microbus.consume.worker import Worker
 from microbus.errors import (
     CodecError,
     ConfigurationError,
@@ -26,21 +37,19 @@ from microbus.errors import (
     TransientTransportError,
     TransportError,
 )
-from microbus.fanin import CallbackDaemon, CallbackRunner, FanInStore
-from microbus.heartbeat import VisibilityHeartbeat
-from microbus.idempotency import (
+from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
+from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
     IdempotencyGuard,
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.message import SQSMessage
-from microbus.parallel import Parallel, callback, current_cid, register_target
-from microbus.producer import SNSProducer, TopicArns
-from microbus.registry import HandlerRegistry, SchemaRegistry, handles, schema
-from microbus.reporter import FailureMode, ParallelReporter
-from microbus.runtime import Worker
-from microbus.transport import AWSSettings, SNSTransport, SQSTransport
+from microbus.patterns.parallel import Parallel, callback, current_cid, register_target
+from microbus.patterns.reporter import FailureMode, ParallelReporter
+from microbus.produce.producer import SNSProducer, TopicArns
+from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.schemas import SchemaRegistry, schema
+from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 
 __all__ = [
     # codec

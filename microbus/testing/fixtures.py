@@ -22,7 +22,7 @@ import pytest
 from microcosm.api import create_object_graph, load_from_dict
 from microcosm.object_graph import ObjectGraph
 
-from microbus.emulator import EmbeddedEmulator, Endpoint
+from microbus.testing.emulator import EmbeddedEmulator, Endpoint
 from microbus.topology import Queue, Subscription, Table, Topic, Topology, apply_topology
 
 ENDPOINT_VARIABLE = "MICROBUS_TEST_ENDPOINT_URL"

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from microbus.consumer import SQSConsumer
-from microbus.registry import SchemaRegistry
+from microbus.consume.consumer import SQSConsumer
+from microbus.wire.schemas import SchemaRegistry
 
 _ids = itertools.count(1)
 

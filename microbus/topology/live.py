@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from microbus.transport import translate_errors
+from microbus.wire.transport import translate_errors
 
 
 @dataclass(frozen=True)

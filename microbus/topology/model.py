@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from microbus.consume.handlers import registered_handler_media_types
 from microbus.errors import TopologyError
-from microbus.registry import media_type_of, registered_handler_media_types
+from microbus.wire.schemas import media_type_of
 
 FIFO_SUFFIX = ".fifo"
 DEFAULT_VISIBILITY_TIMEOUT_S = 30

@@ -20,7 +20,7 @@ from microbus.topology.desired import (
 from microbus.topology.live import LiveReader
 from microbus.topology.model import Queue, Subscription, Table, Topic, Topology
 from microbus.topology.plan import Change, ChangeAction, Plan
-from microbus.transport import translate_errors
+from microbus.wire.transport import translate_errors
 
 
 @dataclass

@@ -15,8 +15,8 @@ import pytest
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
-from microbus.dispatch import RetryPolicy, SQSMessageDispatcher
-from microbus.registry import HandlerRegistry
+from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
 from schemas import OrderPlaced
 

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from microbus.errors import TopologyError
 from microbus.topology import Queue, Subscription, Topic, Topology, apply_topology
-from microbus.transport import SQSTransport
+from microbus.wire.transport import SQSTransport
 
 pytestmark = pytest.mark.integration
 ACCOUNT_IDS = {"moto": "123456789012", "localstack": "000000000000"}

@@ -6,8 +6,8 @@ import pytest
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
-from microbus.dispatch import SQSMessageDispatcher
-from microbus.registry import HandlerRegistry
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
 from schemas import OrderPlaced, PaymentCaptured
 

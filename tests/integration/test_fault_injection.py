@@ -17,10 +17,10 @@ from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import SNSProducer
 from microbus.errors import TransportError
-from microbus.producer import TopicArns
-from microbus.registry import SchemaRegistry
+from microbus.produce.producer import TopicArns
 from microbus.testing import wait_for
-from microbus.transport import AWSSettings, SNSTransport
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import AWSSettings, SNSTransport
 from tests.integration.fault_daemon import Work, WorkOnce
 from tests.integration.faults import Daemon, FaultyProxy, Ledger, paced_produce, report, visible_messages
 

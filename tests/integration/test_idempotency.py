@@ -9,10 +9,10 @@ import pytest
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
-from microbus.dispatch import SQSMessageDispatcher
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import ConfigurationError
-from microbus.idempotency import COMPLETED, DynamoDBIdempotencyStore, IdempotencyGuard
-from microbus.registry import HandlerRegistry
+from microbus.patterns.idempotency import COMPLETED, DynamoDBIdempotencyStore, IdempotencyGuard
 from microbus.testing import wait_for
 from schemas import OrderPlaced
 
@@ -70,7 +70,7 @@ def test_a_message_published_twice_runs_its_idempotent_handler_once(make_queue, 
     graph.sns_producer.publish(outgoing)
     seen = []
     registry = HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append}, idempotent=[OrderPlaced.MEDIA_TYPE])
-    dispatcher = SQSMessageDispatcher(handler_registry=registry, idempotency=IdempotencyGuard(store=store))
+    dispatcher = SQSMessageDispatcher(handler_registry=registry, middleware=[IdempotencyGuard(store=store)])
     worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher)
     # When the worker consumes both copies
     worker.start()

@@ -12,11 +12,11 @@ from marshmallow import fields
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import PubSubMessageSchema, Worker, schema
-from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
+from microbus.consume.dispatch import Outcome, Result, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import FanInStateError
-from microbus.fanin import CallbackDaemon, FanInStore
-from microbus.parallel import PAYLOAD_FIELDS, ParallelRequest, TargetReport, callback, current_cid, utc_now
-from microbus.registry import HandlerRegistry
+from microbus.patterns.fanin import CallbackDaemon, FanInStore
+from microbus.patterns.parallel import PAYLOAD_FIELDS, ParallelRequest, TargetReport, callback, current_cid, utc_now
 from microbus.testing import wait_for
 from microbus.topology import Queue, Table, Topology, apply_topology
 

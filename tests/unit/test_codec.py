@@ -8,6 +8,7 @@ import pytest
 from marshmallow import fields
 
 from microbus import PubSubMessageSchema, schema
+from microbus.consume.message import decode_raw_message
 from microbus.errors import (
     ConfigurationError,
     MalformedBodyError,
@@ -16,8 +17,8 @@ from microbus.errors import (
     SchemaViolationError,
     UnknownMediaTypeError,
 )
-from microbus.message import decode_raw_message, unwrap_envelope
-from microbus.registry import SchemaRegistry
+from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.schemas import SchemaRegistry
 from schemas import OrderPlaced, PaymentCaptured
 
 

@@ -8,10 +8,11 @@ import time
 import pytest
 
 from microbus import IgnoreMessage, Nack, Outcome, SkipMessage
-from microbus.consumer import SQSConsumer
-from microbus.dispatch import RetryPolicy, SQSMessageDispatcher, compute_backoff
-from microbus.registry import HandlerRegistry, SchemaRegistry
+from microbus.consume.consumer import SQSConsumer
+from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher, compute_backoff
+from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import StubQueue
+from microbus.wire.schemas import SchemaRegistry
 from schemas import OrderPlaced
 
 GOOD = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"}

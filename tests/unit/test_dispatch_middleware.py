@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from microbus.dispatch import Middleware, Outcome, RetryPolicy, SQSMessageDispatcher
-from microbus.message import SQSMessage
-from microbus.registry import HandlerRegistry
+from microbus.consume.dispatch import Middleware, Outcome, RetryPolicy, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
+from microbus.consume.message import SQSMessage
 
 MEDIA_TYPE = "application/vnd.test.thing"
 

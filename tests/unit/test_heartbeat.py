@@ -8,10 +8,10 @@ import time
 import pytest
 
 from microbus import Outcome, Worker
-from microbus.dispatch import SQSMessageDispatcher
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
+from microbus.consume.heartbeat import Lease, VisibilityHeartbeat, due_for_extension, extension_s, seconds_until_due
 from microbus.errors import EndpointUnreachableError
-from microbus.heartbeat import Lease, VisibilityHeartbeat, due_for_extension, extension_s, seconds_until_due
-from microbus.registry import HandlerRegistry
 from microbus.testing import StubQueue, wait_for
 from schemas import OrderPlaced
 
@@ -139,7 +139,7 @@ def test_a_message_whose_extension_is_refused_is_no_longer_tracked():
 
 def test_extensions_that_cannot_reach_sqs_are_retried_and_logged_once(caplog):
     # Given SQS unreachable for the first three extension calls
-    caplog.set_level(logging.INFO, logger="microbus.heartbeat")
+    caplog.set_level(logging.INFO, logger="microbus.consume.heartbeat")
 
     class Flaky(StubQueue):
         failures = 3

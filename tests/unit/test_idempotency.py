@@ -7,9 +7,10 @@ import json
 import pytest
 
 from microbus import Outcome, Worker
-from microbus.dispatch import SQSMessageDispatcher
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import ConfigurationError, Nack, SkipMessage, TransientTransportError
-from microbus.idempotency import (
+from microbus.patterns.idempotency import (
     COMPLETED,
     IN_PROGRESS,
     Decision,
@@ -18,7 +19,6 @@ from microbus.idempotency import (
     Record,
     decide,
 )
-from microbus.registry import HandlerRegistry
 from microbus.testing import StubQueue, wait_for
 from schemas import OrderPlaced
 
@@ -117,7 +117,7 @@ def test_a_message_delivered_twice_runs_its_idempotent_handler_once():
     stub.put({**body, "opaqueData": {"x-microbus-message-id": "m-2"}})
     seen = []
     registry = HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append}, idempotent=[OrderPlaced.MEDIA_TYPE])
-    dispatcher = SQSMessageDispatcher(handler_registry=registry, idempotency=guard())
+    dispatcher = SQSMessageDispatcher(handler_registry=registry, middleware=[guard()])
     worker = Worker(consumer=stub.consumer(), dispatcher=dispatcher, concurrency=1)
     # When the worker consumes them
     worker.start()
@@ -156,7 +156,7 @@ def test_the_idempotency_key_is_the_most_stable_id_available(body, key):
 
 def test_the_producer_stamps_a_unique_message_id():
     from microbus import SNSProducer, TopicArns
-    from microbus.registry import SchemaRegistry
+    from microbus.wire.schemas import SchemaRegistry
 
     producer = SNSProducer(transport=None, schema_registry=SchemaRegistry(), topic_arns=TopicArns(default="arn:t"))
     first, second = (producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o"}) for _ in range(2))
@@ -167,7 +167,7 @@ def test_the_producer_stamps_a_unique_message_id():
 def test_a_message_produced_while_handling_another_gets_its_own_message_id():
     # Given opaque data passed on from the message being handled (usual microcosm practice)
     from microbus import SNSProducer, TopicArns
-    from microbus.registry import SchemaRegistry
+    from microbus.wire.schemas import SchemaRegistry
 
     inherited = {"x-microbus-message-id": "parent", "x-request-id": "req-1"}
     producer = SNSProducer(transport=None, schema_registry=SchemaRegistry(), topic_arns=TopicArns(default="arn:t"))

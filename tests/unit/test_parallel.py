@@ -9,11 +9,12 @@ from marshmallow import fields
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import PubSubMessageSchema, schema
-from microbus.dispatch import Outcome, RetryPolicy, SQSMessageDispatcher
+from microbus.consume.dispatch import Outcome, RetryPolicy, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
+from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError, MessageValidationError, TransportError
-from microbus.fanin import CallbackRunner, FanInState, decide
-from microbus.message import SQSMessage
-from microbus.parallel import (
+from microbus.patterns.fanin import CallbackRunner, FanInState, decide
+from microbus.patterns.parallel import (
     CID_KEY,
     PAYLOAD_FIELDS,
     CallbackInvocation,
@@ -26,9 +27,9 @@ from microbus.parallel import (
     register_target,
     target_payload,
 )
-from microbus.producer import SNSProducer, TopicArns
-from microbus.registry import HandlerRegistry, SchemaRegistry
-from microbus.reporter import FailureMode, ParallelReporter, exception_text, should_report
+from microbus.patterns.reporter import FailureMode, ParallelReporter, exception_text, should_report
+from microbus.produce.producer import SNSProducer, TopicArns
+from microbus.wire.schemas import SchemaRegistry
 
 REPLY_TO = "http://127.0.0.1:1/123456789012/callbacks"
 
@@ -416,6 +417,6 @@ def test_a_fan_out_report_outside_a_dispatcher_says_how_to_wire_the_runner():
     ],
 )
 def test_malformed_parallel_fields_are_ignored_not_turned_into_endless_retries(opaque):
-    from microbus.parallel import ParallelRequest
+    from microbus.patterns.parallel import ParallelRequest
 
     assert ParallelRequest.from_opaque(opaque) is None

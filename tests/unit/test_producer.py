@@ -10,8 +10,8 @@ from botocore.stub import ANY, Stubber
 
 from microbus import MessageTooLargeError, MessageValidationError, PublishError, SNSProducer, TopicArns
 from microbus.errors import TopicNotDefinedError, TransientTransportError
-from microbus.registry import SchemaRegistry
-from microbus.transport import SNSTransport
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import SNSTransport
 from schemas import OrderPlaced, PaymentCaptured
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"

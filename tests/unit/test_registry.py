@@ -7,7 +7,7 @@ from marshmallow import fields
 from microcosm.api import binding, create_object_graph, load_from_dict
 
 from microbus import ConfigurationError, PubSubMessageSchema, handles
-from microbus.registry import HandlerRegistry
+from microbus.consume.handlers import HandlerRegistry
 
 BOUND = "application/vnd.microbus.test.bound"
 PLAIN = "application/vnd.microbus.test.plain"

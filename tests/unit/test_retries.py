@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from microbus import BatchAcker, Outcome, Worker
-from microbus.dispatch import RetryPolicy, SQSMessageDispatcher
+from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
+from microbus.consume.worker import transport_backoff_s
 from microbus.errors import EndpointUnreachableError, Nack
-from microbus.registry import HandlerRegistry
-from microbus.runtime import transport_backoff_s
 from microbus.testing import StubQueue, wait_for
 from schemas import OrderPlaced
 

@@ -7,10 +7,11 @@ import threading
 import time
 
 from microbus import Outcome, Worker
-from microbus.dispatch import SQSMessageDispatcher
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import EndpointUnreachableError
-from microbus.registry import HandlerRegistry, SchemaRegistry
 from microbus.testing import StubQueue, wait_for
+from microbus.wire.schemas import SchemaRegistry
 from schemas import OrderPlaced
 
 

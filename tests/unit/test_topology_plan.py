@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from microbus.consumer import QueueInfo
+from microbus.consume.consumer import QueueInfo
 from microbus.topology import Change, ChangeAction, Plan, Queue
 from microbus.topology.check import queue_warnings
 from microbus.topology.desired import (

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from microbus.errors import TransportError
 
 if TYPE_CHECKING:
-    from microbus.consumer import SQSConsumer
-    from microbus.message import SQSMessage
+    from microbus.consume.consumer import SQSConsumer
+    from microbus.consume.message import SQSMessage
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from microbus.consumer import BatchAcker, QueueInfo, SQSConsumer
-from microbus.dispatch import Outcome, Result, SQSMessageDispatcher
+from microbus.consume.consumer import BatchAcker, QueueInfo, SQSConsumer
+from microbus.consume.dispatch import Outcome, Result, SQSMessageDispatcher
+from microbus.consume.heartbeat import VisibilityHeartbeat
+from microbus.consume.message import SQSMessage
 from microbus.errors import EndpointUnreachableError, QueueNotFoundError, TransientTransportError, TransportError
-from microbus.heartbeat import VisibilityHeartbeat
-from microbus.message import SQSMessage
-from microbus.transport import MAX_BATCH
+from microbus.wire.transport import MAX_BATCH
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Idempotency: run a handler's side effect once per message, even when SQS delivers it twice.
 
-Opt in per handler with ``@handles(Schema, idempotent=True)``. Before calling the handler the
-dispatcher claims the message's key (its :attr:`~microbus.message.SQSMessage.idempotency_key`,
-prefixed with the daemon's name) in a store with a conditional write:
+Opt in per handler with ``@handles(Schema, idempotent=True)``. The guard is dispatcher middleware
+(``graph.idempotency_guard``, added by the dispatcher's factory); before calling the handler it
+claims the message's key (its :attr:`~microbus.SQSMessage.idempotency_key`, prefixed with the
+daemon's name) in a store with a conditional write:
 
 - no record, or an ``IN_PROGRESS`` record whose lease has expired → claim it (``IN_PROGRESS`` with a
   lease of ``lease_s``) and call the handler; on success mark it ``COMPLETED`` (kept ``ttl_s``), on
@@ -33,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from microcosm.api import defaults
 
+from microbus.consume.dispatch import HandlerCall, Middleware
 from microbus.errors import ConfigurationError, Nack, SkipMessage, TransportError
-from microbus.transport import translate_errors
+from microbus.wire.transport import translate_errors
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -92,8 +94,8 @@ class IdempotencyStore(Protocol):
         ...
 
 
-class IdempotencyGuard:
-    """Wraps handler calls with claim → call → complete (or release).
+class IdempotencyGuard(Middleware):
+    """Dispatcher middleware: wraps the calls of idempotent handlers with claim → call → complete (or release).
 
     Parameters:
         store: where records live.
@@ -105,6 +107,14 @@ class IdempotencyGuard:
         self.store = store
         self.lease_s = lease_s
         self.clock = clock
+
+    guards_idempotent_handlers = True
+
+    def around_handler(self, call: HandlerCall) -> Any:
+        """Run an idempotent handler at most once per ``<daemon name>#<message idempotency key>``."""
+        if not call.idempotent:
+            return call.call()
+        return self.run(f"{call.source}#{call.message.idempotency_key}", call.call)
 
     def run(self, key: str, call: Callable[[], T]) -> T:
         """Call ``call`` unless ``key`` was handled or is being handled.

@@ -6,24 +6,36 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import click
 from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
 from microcosm.object_graph import ObjectGraph
 
-from microbus.codecs import PubSubMessageSchema
-from microbus.consumer import SQSConsumer
-from microbus.errors import EndpointUnreachableError, MicrobusError, TopologyError, TransientTransportError
-from microbus.registry import media_type_of
-from microbus.runtime import Worker, transport_backoff_s
-from microbus.topology.check import queue_warnings
-from microbus.topology.loading import resolve_topology
-from microbus.topology.model import Queue, Topology
-from microbus.transport import translate_errors
+from microbus.consume.consumer import QueueInfo, SQSConsumer, live_queue_warnings
+from microbus.consume.worker import Worker, transport_backoff_s
+from microbus.errors import EndpointUnreachableError, MicrobusError, TransientTransportError
+from microbus.wire.codecs import PubSubMessageSchema
+from microbus.wire.schemas import media_type_of
+from microbus.wire.transport import translate_errors
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueDeclaration:
+    """What a topology declares for one daemon: its queue's name, its handler timeout, and a check of the
+    live queue against the declaration (``drift(info, queue_url)`` returns warnings)."""
+
+    queue_name: str
+    handler_timeout_s: float | None
+    drift: Callable[[QueueInfo, str], list[str]]
+
+
+QueueDeclarations = Callable[[str], QueueDeclaration | None]
+"""Daemon name → its declaration, or None; the graph's ``queue_declarations`` (the topology layer provides it)."""
 
 
 class ConsumerDaemon:
@@ -42,7 +54,8 @@ class ConsumerDaemon:
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
     dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
     handler_timeout_s: ClassVar[float | None] = None
-    topology: ClassVar[Topology | str | None] = None
+    topology: ClassVar[Any] = None
+    """A :class:`~microbus.topology.Topology`, a file or ``module:ATTRIBUTE``; ``graph.queue_declarations`` reads it."""
 
     def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
         if not self.name:
@@ -56,7 +69,10 @@ class ConsumerDaemon:
     def defaults(self) -> dict[str, Any]:
         """Configuration defaults of this daemon (override to add your own)."""
         media_types = None if self.media_types is None else [media_type_of(m) for m in self.media_types]
-        return {"sqs_message_handler_registry": {"media_types": media_types}}
+        return {
+            "sqs_message_handler_registry": {"media_types": media_types},
+            "queue_declarations": {"topology": self.topology},
+        }
 
     @property
     def graph(self) -> ObjectGraph:
@@ -79,14 +95,14 @@ class ConsumerDaemon:
 
         While the endpoint is unreachable, wait for it (as the worker does), logging once.
         """
-        declared, _ = self._declared_queue()
+        declared = self._declaration(graph)
         if declared is None:
             return
         failures = 0
         while True:
             try:
-                with translate_errors(f"SQS queue {declared.name}"):
-                    url = graph.sqs_client.get_queue_url(QueueName=declared.name)["QueueUrl"]
+                with translate_errors(f"SQS queue {declared.queue_name}"):
+                    url = graph.sqs_client.get_queue_url(QueueName=declared.queue_name)["QueueUrl"]
                 break
             except (EndpointUnreachableError, TransientTransportError) as exc:
                 if failures == 0:
@@ -103,24 +119,23 @@ class ConsumerDaemon:
         """
         consumer = cast(SQSConsumer, self.graph.sqs_consumer)
         info = consumer.queue_info()
-        declared, handler_timeout_s = self._declared_queue()
-        warnings = queue_warnings(
-            info, queue_url=consumer.queue_url, handler_timeout_s=handler_timeout_s, declared=declared
-        )
+        declared = self._declaration(self.graph)
+        handler_timeout_s = self.handler_timeout_s
+        if handler_timeout_s is None and declared is not None:
+            handler_timeout_s = declared.handler_timeout_s
+        warnings = live_queue_warnings(info, queue_url=consumer.queue_url, handler_timeout_s=handler_timeout_s)
+        if declared is not None:
+            warnings += declared.drift(info, consumer.queue_url)
         for warning in warnings:
             logger.warning("%s", warning)
         return warnings
 
-    def _declared_queue(self) -> tuple[Queue | None, float | None]:
-        topology = resolve_topology(self.topology) if isinstance(self.topology, str) else self.topology
-        if topology is None:
-            return None, self.handler_timeout_s
-        try:
-            entry = topology.daemon(self.name)
-            declared = topology.queue(entry.queue)
-        except TopologyError:
-            return None, self.handler_timeout_s
-        return declared, self.handler_timeout_s if self.handler_timeout_s is not None else entry.handler_timeout_s
+    def _declaration(self, graph: ObjectGraph) -> QueueDeclaration | None:
+        """The topology's declaration for this daemon (None without a topology, or when it declares none)."""
+        if self.topology is None:
+            return None
+        declarations: QueueDeclarations = graph.queue_declarations
+        return declarations(self.name)
 
     def create_worker(
         self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5

@@ -1,4 +1,4 @@
-"""Registries: media type → schema (``@schema``) and media type → handler (``@handles``)."""
+"""The media type → handler registry (``@handles``)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from microcosm.api import defaults
 
-from microbus.codecs import PubSubMessageCodec, PubSubMessageSchema
-from microbus.errors import ConfigurationError, UnknownMediaTypeError
+from microbus.errors import ConfigurationError
+from microbus.wire.codecs import PubSubMessageSchema
+from microbus.wire.schemas import media_type_of, schema
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
 
 Handler = Callable[[dict[str, Any]], Any]
-SchemaT = TypeVar("SchemaT", bound=type[PubSubMessageSchema])
 HandlerT = TypeVar("HandlerT")
 
-_schemas: dict[str, type[PubSubMessageSchema]] = {}
 _handlers: dict[str, Any] = {}
 _idempotent: set[str] = set()
-
-
-def schema(cls: SchemaT) -> SchemaT:
-    """Register a schema class under its ``MEDIA_TYPE``.
-
-    Raises:
-        ConfigurationError: another schema class already claims that media type.
-    """
-    media_type = cls.MEDIA_TYPE
-    known = _schemas.get(media_type)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ConfigurationError(
-            f"Media type {media_type!r} is declared by both {known.__qualname__} and {cls.__qualname__}: "
-            "give one of them another MEDIA_TYPE."
-        )
-    _schemas[media_type] = cls
-    return cls
-
-
-def media_type_of(target: str | type[PubSubMessageSchema]) -> str:
-    """Return the media type named by a media type string or a schema class."""
-    if isinstance(target, str):
-        return target
-    return target.MEDIA_TYPE
 
 
 def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False) -> Callable[[HandlerT], HandlerT]:
@@ -53,7 +28,7 @@ def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False
     A class handler is constructed with the graph (``cls(graph)``) or, when it is a microcosm
     ``@binding``, taken from the graph under its binding key. With ``idempotent=True`` the dispatcher
     records each message in the idempotency store and skips messages already handled
-    (see :mod:`microbus.idempotency` for the exact guarantee).
+    (see :mod:`microbus.patterns.idempotency` for the exact guarantee).
     """
     media_type = media_type_of(target)
     if not isinstance(target, str):
@@ -73,37 +48,6 @@ def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False
 def registered_handler_media_types() -> list[str]:
     """Every media type that has a ``@handles`` handler."""
     return sorted(_handlers)
-
-
-class SchemaRegistry:
-    """Finds the codec for a media type among the registered schemas."""
-
-    def __init__(self, schemas: dict[str, type[PubSubMessageSchema]] | None = None) -> None:
-        self._schemas = _schemas if schemas is None else schemas
-        self._codecs: dict[str, PubSubMessageCodec] = {}
-
-    def find(self, media_type: str) -> PubSubMessageCodec:
-        """Return the codec of a media type.
-
-        Raises:
-            UnknownMediaTypeError: no schema is registered for it.
-        """
-        codec = self._codecs.get(media_type)
-        if codec is None:
-            try:
-                cls = self._schemas[media_type]
-            except KeyError:
-                raise UnknownMediaTypeError(f"No schema is registered for media type {media_type!r}") from None
-            codec = self._codecs[media_type] = PubSubMessageCodec(cls())
-        return codec
-
-    def __contains__(self, media_type: object) -> bool:
-        return media_type in self._schemas
-
-    @property
-    def media_types(self) -> list[str]:
-        """All registered media types."""
-        return sorted(self._schemas)
 
 
 class HandlerRegistry:
@@ -154,11 +98,6 @@ def _instantiate(handler: Any, graph: ObjectGraph | None) -> Handler:
             return getattr(graph, key)  # type: ignore[no-any-return]
     build: Any = handler
     return build(graph)  # type: ignore[no-any-return]
-
-
-def configure_schema_registry(graph: ObjectGraph) -> SchemaRegistry:
-    """microcosm factory: ``graph.pubsub_message_schema_registry``."""
-    return SchemaRegistry()
 
 
 @defaults(media_types=None)

@@ -17,7 +17,7 @@ from typing import Any
 
 from microbus.errors import ConfigurationError
 from microbus.topology import AppliedTopology, Topology, apply_topology
-from microbus.transport import AWSSettings
+from microbus.wire.transport import AWSSettings
 
 # Emulator-only placeholders: moto accepts any key; these are not credentials.
 EMULATOR_KEY_ID = "testing"
@@ -107,7 +107,7 @@ class EmbeddedEmulator(Endpoint):
         except ImportError as exc:
             raise ConfigurationError("The embedded emulator needs moto: pip install 'microbus[local]'") from exc
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "microbus.emulator"],
+            [sys.executable, "-m", "microbus.testing.emulator"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -1,17 +1,27 @@
-"""A received SQS message, decoded, and the SNS envelope it may come in."""
+"""A received SQS message, decoded from its (raw or SNS-enveloped) body."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from microbus.codecs import MESSAGE_ID_KEY, parse_json_object
-from microbus.errors import DecodeError, MalformedBodyError, MissingMediaTypeError
+from microbus.errors import DecodeError, MissingMediaTypeError
+from microbus.wire.codecs import MESSAGE_ID_KEY
+from microbus.wire.envelope import unwrap_envelope
 
 if TYPE_CHECKING:
-    from microbus.consumer import SQSConsumer
-    from microbus.registry import SchemaRegistry
+    from microbus.wire.schemas import SchemaRegistry
+
+
+class MessageQueue(Protocol):
+    """What a message needs of the queue it came from to ack or nack itself (an :class:`SQSConsumer`)."""
+
+    def ack(self, message: SQSMessage) -> None:
+        """Delete the message."""
+
+    def nack(self, message: SQSMessage, visibility_timeout_seconds: int = 0) -> None:
+        """Make the message visible again after ``visibility_timeout_seconds``."""
 
 
 @dataclass
@@ -22,7 +32,7 @@ class SQSMessage:
     None when the message could not be decoded, and then ``error`` says why.
     """
 
-    consumer: SQSConsumer | None
+    consumer: MessageQueue | None
     message_id: str
     receipt_handle: str
     body: str
@@ -59,7 +69,7 @@ class SQSMessage:
         """Make the message visible again after ``visibility_timeout_seconds``."""
         self._require_consumer().nack(self, visibility_timeout_seconds)
 
-    def _require_consumer(self) -> SQSConsumer:
+    def _require_consumer(self) -> MessageQueue:
         if self.consumer is None:
             raise RuntimeError("This message was not received through a consumer")
         return self.consumer
@@ -77,26 +87,8 @@ class SQSMessage:
             self.ack()
 
 
-def unwrap_envelope(body: str) -> tuple[dict[str, Any], str | None, str | None]:
-    """Return the message object inside an SQS body, and the SNS topic ARN and MessageId when enveloped.
-
-    Raw delivery puts the message itself in the body; a standard subscription wraps it in an SNS
-    notification whose ``Message`` holds the message as a JSON string.
-
-    Raises:
-        MalformedBodyError: the body, or the SNS ``Message`` in it, is not a JSON object.
-    """
-    outer = parse_json_object(body)
-    if outer.get("Type") == "Notification" and "TopicArn" in outer and "Message" in outer:
-        inner = outer["Message"]
-        if not isinstance(inner, str):
-            raise MalformedBodyError("SNS envelope's Message is not a string")
-        return parse_json_object(inner), outer.get("TopicArn"), outer.get("MessageId")
-    return outer, None, None
-
-
 def decode_raw_message(
-    raw: dict[str, Any], *, schema_registry: SchemaRegistry, consumer: SQSConsumer | None = None
+    raw: dict[str, Any], *, schema_registry: SchemaRegistry, consumer: MessageQueue | None = None
 ) -> SQSMessage:
     """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content."""
     attributes = raw.get("Attributes", {})

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from microcosm.api import defaults
 
-from microbus.daemon import ConsumerDaemon
-from microbus.dispatch import Middleware, RetryPolicy, SQSMessageDispatcher
+from microbus.consume.daemon import ConsumerDaemon
+from microbus.consume.dispatch import Middleware, RetryPolicy, SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
+from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError, FanInStateError
-from microbus.message import SQSMessage
-from microbus.parallel import (
+from microbus.patterns.parallel import (
     CID_KEY,
     ON_FINAL,
     ON_TARGET,
@@ -38,8 +39,8 @@ from microbus.parallel import (
     find_callback,
     unbind_cid,
 )
-from microbus.registry import HandlerRegistry, SchemaRegistry
-from microbus.transport import SQSTransport, translate_errors
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import SQSTransport, translate_errors
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph

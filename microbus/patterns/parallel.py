@@ -16,7 +16,7 @@ Wire format (microcosm-pubsub compatible, ``opaqueData`` stays a string map). Ea
 =========================  ==========================================================================
 
 The daemon that ran a target sends one *report* to the callback queue
-(:class:`~microbus.reporter.ParallelReporter`); the callback daemon (:mod:`microbus.fanin`) turns it
+(:class:`~microbus.reporter.ParallelReporter`); the callback daemon (:mod:`microbus.patterns.fanin`) turns it
 into one message per callback name.
 """
 
@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import fields
 from microcosm.api import defaults
 
-from microbus.codecs import PubSubMessageSchema
+from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError, DecodeError
-from microbus.message import SQSMessage, unwrap_envelope
-from microbus.producer import SNSProducer
-from microbus.registry import media_type_of, schema
+from microbus.produce.producer import SNSProducer
+from microbus.wire.codecs import PubSubMessageSchema
+from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.schemas import media_type_of, schema
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph

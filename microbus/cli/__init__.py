@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 import click
 
-from microbus.daemon import ConsumerDaemon, daemon_options, run_daemon
+from microbus.consume.daemon import ConsumerDaemon, daemon_options, run_daemon
 from microbus.errors import MicrobusError
 from microbus.topology import apply_topology, describe_topology, plan_topology, resolve_topology
 from microbus.topology.describe import describe_lines
 from microbus.topology.policy import ArnBuilder, iam_policies
-from microbus.transport import AWSSettings, translate_errors
+from microbus.wire.transport import AWSSettings, translate_errors
 
 REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
 TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
@@ -48,7 +48,7 @@ def run(target: str, **options: Any) -> None:
 @click.option("--no-topology", is_flag=True, help="Start empty: create no topology.")
 def emulator(reference: str, no_topology: bool) -> None:
     """Start the embedded moto server, create the topology, print the endpoint, and serve until Ctrl-C."""
-    from microbus.emulator import EmbeddedEmulator
+    from microbus.testing.emulator import EmbeddedEmulator
 
     with EmbeddedEmulator() as embedded:
         click.echo(embedded.endpoint_url)

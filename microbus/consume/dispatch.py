@@ -6,16 +6,19 @@ is the one place where an outcome becomes an ack, a retry or a dead letter.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from microcosm.api import defaults
 
+from microbus.consume.handlers import Handler, HandlerRegistry
+from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
     DecodeError,
@@ -25,14 +28,11 @@ from microbus.errors import (
     SkipMessage,
     TransportError,
 )
-from microbus.idempotency import IdempotencyGuard
-from microbus.message import SQSMessage
-from microbus.registry import Handler, HandlerRegistry
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
 
-    from microbus.consumer import SQSConsumer
+    from microbus.consume.consumer import SQSConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,18 @@ class RetryPolicy:
         return compute_backoff(attempt=attempt, base_s=self.base_s, max_s=self.max_s, jitter=self.jitter)
 
 
+@dataclass(frozen=True)
+class HandlerCall:
+    """The call of one message's handler, as middleware sees it."""
+
+    message: SQSMessage
+    source: str
+    """The daemon's name."""
+    idempotent: bool
+    """The handler was registered with ``idempotent=True``."""
+    call: Callable[[], Any]
+
+
 class Middleware:
     """Extension points around handling one message; every hook is a no-op by default.
 
@@ -118,8 +130,16 @@ class Middleware:
     the outcome into a retry (FAILED, reason ``middleware-error``).
     """
 
+    guards_idempotent_handlers: ClassVar[bool] = False
+    """True for the middleware that runs handlers registered with ``idempotent=True`` at most once."""
+
     def before_handle(self, message: SQSMessage) -> None:
         """Called before the message's handler is looked up and called."""
+
+    def around_handler(self, call: HandlerCall) -> Any:
+        """Wraps the call of the handler (``call.call()``); may skip it by raising :class:`SkipMessage` or
+        :class:`Nack`. Middleware wraps in order: the first is the outermost."""
+        return call.call()
 
     def after_handle(self, message: SQSMessage, result: Result) -> None:
         """Called once the handler returned or raised, before the outcome is applied to the queue."""
@@ -137,10 +157,10 @@ class SQSMessageDispatcher:
         delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
             leaving them to the queue's redrive policy.
         middleware: hooks run around each message, in order (``after_handle`` in reverse order).
-        idempotency: runs the handlers registered with ``idempotent=True`` at most once per message key.
 
     Raises:
-        ConfigurationError: some handlers are idempotent and no ``idempotency`` guard is given.
+        ConfigurationError: some handlers are idempotent and no middleware guards them (an
+            :class:`~microbus.IdempotencyGuard`).
     """
 
     def __init__(
@@ -152,12 +172,11 @@ class SQSMessageDispatcher:
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
         middleware: Sequence[Middleware] = (),
-        idempotency: IdempotencyGuard | None = None,
     ) -> None:
-        if handler_registry.idempotent and idempotency is None:
+        if handler_registry.idempotent and not any(m.guards_idempotent_handlers for m in middleware):
             raise ConfigurationError(
                 f"Handlers of {', '.join(sorted(handler_registry.idempotent))} are idempotent: "
-                "give the dispatcher an idempotency guard (graph.idempotency_guard)"
+                "give the dispatcher an idempotency guard as middleware (graph.idempotency_guard)"
             )
         self.handler_registry = handler_registry
         self.middleware = tuple(middleware)
@@ -165,7 +184,6 @@ class SQSMessageDispatcher:
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
-        self.idempotency = idempotency
 
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Call the message's handler and return the outcome; never raises for handler errors.
@@ -227,9 +245,11 @@ class SQSMessageDispatcher:
     def _call(self, handler: Handler, message: SQSMessage) -> Any:
         content = message.content
         assert content is not None
-        if self.idempotency is None or message.media_type not in self.handler_registry.idempotent:
-            return handler(content)
-        return self.idempotency.run(f"{self.source}#{message.idempotency_key}", lambda: handler(content))
+        idempotent = message.media_type in self.handler_registry.idempotent
+        call = HandlerCall(message, self.source, idempotent, lambda: handler(content))
+        for middleware in reversed(self.middleware):
+            call = HandlerCall(message, self.source, idempotent, functools.partial(middleware.around_handler, call))
+        return call.call()
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
@@ -308,9 +328,15 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         source=graph.metadata.name,
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
-        middleware=[getattr(graph, name) for name in config.middleware or ()],
-        idempotency=graph.idempotency_guard if graph.sqs_message_handler_registry.idempotent else None,
+        middleware=_middleware(graph, list(config.middleware or ())),
     )
+
+
+def _middleware(graph: ObjectGraph, names: list[str]) -> list[Middleware]:
+    """The named graph components; with idempotent handlers, ``idempotency_guard`` innermost unless named."""
+    if graph.sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
+        names.append("idempotency_guard")
+    return [getattr(graph, name) for name in names]
 
 
 def _visibility(seconds: int | None) -> int | None:

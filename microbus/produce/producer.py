@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from microcosm.api import defaults
 
-from microbus.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY
 from microbus.errors import (
     EndpointUnreachableError,
     MessageTooLargeError,
@@ -22,8 +21,9 @@ from microbus.errors import (
     TransientTransportError,
     TransportError,
 )
-from microbus.registry import SchemaRegistry
-from microbus.transport import MAX_BATCH, SNSTransport
+from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import MAX_BATCH, SNSTransport
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
+from microbus.consume.message import SQSMessage, decode_raw_message
 from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError, TransportError
-from microbus.message import SQSMessage, decode_raw_message
-from microbus.registry import SchemaRegistry
-from microbus.transport import MAX_BATCH, SQSTransport
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import MAX_BATCH, SQSTransport
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -44,6 +44,23 @@ class QueueInfo:
             dead_letter_queue_arn=redrive.get("deadLetterTargetArn"),
             max_receive_count=int(max_receive_count) if max_receive_count is not None else None,
         )
+
+
+def live_queue_warnings(info: QueueInfo, *, queue_url: str, handler_timeout_s: float | None = None) -> list[str]:
+    """Warnings about a live queue: a visibility timeout shorter than the handler timeout, no redrive policy."""
+    warnings: list[str] = []
+    if handler_timeout_s is not None and info.visibility_timeout_seconds < handler_timeout_s:
+        warnings.append(
+            f"Queue {queue_url} has a visibility timeout of {info.visibility_timeout_seconds}s, shorter than the "
+            f"handler timeout of {handler_timeout_s:g}s: a slow message may be handled twice; raise the queue's "
+            "visibility_timeout_s and run `microbus topology apply`."
+        )
+    if info.max_receive_count is None or info.dead_letter_queue_arn is None:
+        warnings.append(
+            f"Queue {queue_url} has no redrive policy: messages that keep failing are retried until they "
+            "expire; give it max_receive_count and run `microbus topology apply`."
+        )
+    return warnings
 
 
 class SQSConsumer:

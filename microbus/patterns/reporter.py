@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
-from microbus.dispatch import Middleware, Outcome, Result
+from microbus.consume.dispatch import Middleware, Outcome, Result
+from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
     PatternError,
@@ -23,10 +24,17 @@ from microbus.errors import (
     ResponseTooLargeError,
     TransportError,
 )
-from microbus.message import SQSMessage
-from microbus.parallel import CID_KEY, ParallelRequest, TargetReport, bind_cid, target_payload, unbind_cid, utc_now
-from microbus.registry import SchemaRegistry
-from microbus.transport import SQSTransport
+from microbus.patterns.parallel import (
+    CID_KEY,
+    ParallelRequest,
+    TargetReport,
+    bind_cid,
+    target_payload,
+    unbind_cid,
+    utc_now,
+)
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import SQSTransport
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph

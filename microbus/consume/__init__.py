@@ -1,0 +1,1 @@
+"""Consuming: handler registry, dispatch, the message lifecycle, settling, heartbeat, workers and daemons."""

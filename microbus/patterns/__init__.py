@@ -1,0 +1,1 @@
+"""Patterns on top of consuming and producing: parallel execution, fan-in, idempotency."""

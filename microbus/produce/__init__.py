@@ -1,0 +1,1 @@
+"""Producing: the SNS producer, batching and deferred publish."""
