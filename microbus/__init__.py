@@ -1,6 +1,6 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
-from microbus.consume.consumer import BatchAcker, QueueInfo, SQSConsumer
+from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon
 from microbus.consume.dispatch import (
     Action,
@@ -13,7 +13,9 @@ from microbus.consume.dispatch import (
 )
 from microbus.consume.handlers import HandlerRegistry, handles
 from microbus.consume.heartbeat import VisibilityHeartbeat
+from microbus.consume.lifecycle import EventKind, LifecycleEvent, LifecycleObserver, MessageState
 from microbus.consume.message import SQSMessage
+from microbus.consume.settle import BatchAcker
 from microbus.consume.worker import Worker
 from microbus.errors import (
     CodecError,
@@ -84,6 +86,10 @@ __all__ = [
     "MemoryIdempotencyStore",
     # runtime
     "Worker",
+    "LifecycleEvent",
+    "LifecycleObserver",
+    "EventKind",
+    "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
     # patterns: parallel execution and fan-out/fan-in

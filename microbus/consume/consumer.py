@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from microcosm.api import defaults
 
 from microbus.consume.message import SQSMessage, decode_raw_message
-from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError, TransportError
+from microbus.errors import ConfigurationError, TransportError
 from microbus.wire.schemas import SchemaRegistry
-from microbus.wire.transport import MAX_BATCH, SQSTransport
+from microbus.wire.transport import MAX_BATCH, OutgoingMessage, SQSTransport
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -117,8 +116,18 @@ class SQSConsumer:
             return self._queue_info
 
     def ack(self, message: SQSMessage) -> None:
-        """Delete one message."""
-        self.ack_many([message])
+        """Delete one message.
+
+        Raises:
+            TransportError: the queue could not be reached, or SQS refused the delete (e.g. a stale receipt
+                handle: the visibility timeout ran out and the message may be handled again elsewhere).
+        """
+        failure = self.transport.delete_entries([message.receipt_handle]).get(message.receipt_handle)
+        if failure is not None:
+            raise TransportError(
+                f"Could not delete message {message.message_id!r} from {self.queue_url}: {failure.code}: "
+                f"{failure.message}"
+            )
 
     def ack_many(self, messages: Sequence[SQSMessage]) -> list[SQSMessage]:
         """Delete messages in batches of 10; return those that could not be deleted."""
@@ -142,27 +151,49 @@ class SQSConsumer:
                 self._dead_letter_queue_url = self.transport.queue_url_of_arn(arn)
         return self._dead_letter_queue_url
 
+    def dead_letter_transport(self) -> SQSTransport | None:
+        """The dead-letter queue's transport, or None when there is none."""
+        url = self.dead_letter_queue_url()
+        if url is None:
+            return None
+        if self._dead_letter_transport is None:
+            self._dead_letter_transport = self.transport.for_queue(url)
+        return self._dead_letter_transport
+
+    def dead_letter_copy(
+        self, message: SQSMessage, *, reason: str, error: BaseException | None, source: str
+    ) -> OutgoingMessage:
+        """The copy of a message to send to the dead-letter queue: its body, with the reason as attributes."""
+        fifo = (self.dead_letter_queue_url() or "").endswith(".fifo")
+        return OutgoingMessage(
+            key=message.receipt_handle,
+            body=message.body,
+            attributes=dead_letter_attributes(message, reason, error, source),
+            group_id=(message.message_group_id or "microbus-dead-letters") if fifo else None,
+            deduplication_id=message.message_id if fifo else None,
+        )
+
     def dead_letter(self, message: SQSMessage, *, reason: str, error: BaseException | None, source: str) -> bool:
         """Send a copy of the message, with the reason attached, to the DLQ, then delete the original.
 
-        Returns False (and leaves the message alone) when there is no dead-letter queue.
+        Returns False when there is no dead-letter queue (the message is left alone), and False when the
+        copy was sent but the original could not be deleted (it will reappear, and be dead-lettered again).
 
         Raises:
             TransportError: the copy could not be sent; the original is then not deleted.
         """
-        url = self.dead_letter_queue_url()
-        if url is None:
+        transport = self.dead_letter_transport()
+        if transport is None:
             return False
-        if self._dead_letter_transport is None:
-            self._dead_letter_transport = self.transport.for_queue(url)
-        fifo = url.endswith(".fifo")
-        self._dead_letter_transport.send(
-            message.body,
-            dead_letter_attributes(message, reason, error, source),
-            message_group_id=(message.message_group_id or "microbus-dead-letters") if fifo else None,
-            deduplication_id=message.message_id if fifo else None,
-        )
-        self.ack(message)
+        copy = self.dead_letter_copy(message, reason=reason, error=error, source=source)
+        failure = transport.send_entries([copy]).get(copy.key)
+        if failure is not None:
+            raise TransportError(f"Could not send the dead-letter copy of {message.message_id!r}: {failure.code}")
+        try:
+            self.ack(message)
+        except TransportError as exc:
+            logger.warning("Dead-letter copy of %r sent, but the original was not deleted: %s", message.message_id, exc)
+            return False
         return True
 
 
@@ -186,79 +217,6 @@ def dead_letter_attributes(
     if message.media_type:
         attributes["media_type"] = text(message.media_type)
     return attributes
-
-
-class BatchAcker:
-    """Collects acks and deletes them in batches of up to 10, from a background thread.
-
-    A batch is sent when 10 acks are pending or ``max_delay_s`` after the first one, and at
-    :meth:`close`. A batch that fails on a transient fault (unreachable, throttled, 5xx) is tried
-    again ``retries`` times, ``retry_base_s`` apart and doubling, before its messages are left to
-    be redelivered.
-    """
-
-    def __init__(
-        self, consumer: SQSConsumer, *, max_delay_s: float = 0.05, retries: int = 4, retry_base_s: float = 0.5
-    ) -> None:
-        self.consumer = consumer
-        self.max_delay_s = max_delay_s
-        self.retries = retries
-        self.retry_base_s = retry_base_s
-        self._pending: list[SQSMessage] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="microbus-acker", daemon=True)
-        self._thread.start()
-
-    def ack(self, message: SQSMessage) -> None:
-        """Queue a message for deletion."""
-        with self._cond:
-            self._pending.append(message)
-            self._cond.notify()
-
-    def close(self, timeout_s: float | None = None) -> None:
-        """Flush what is pending and stop the thread, waiting at most ``timeout_s`` (None: no limit).
-
-        Deletes not flushed by then are abandoned: those messages are redelivered (at least once).
-        """
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            logger.warning("Deletes not flushed within %.0fs; those messages will be redelivered", timeout_s or 0)
-
-    def _take(self) -> list[SQSMessage] | None:
-        with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if not self._pending:
-                return None
-            if len(self._pending) < MAX_BATCH and not self._closed:
-                self._cond.wait_for(lambda: len(self._pending) >= MAX_BATCH or self._closed, self.max_delay_s)
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            return batch
-
-    def _delete(self, batch: list[SQSMessage]) -> list[SQSMessage]:
-        for attempt in range(self.retries):
-            try:
-                return self.consumer.ack_many(batch)
-            except (EndpointUnreachableError, TransientTransportError):
-                time.sleep(self.retry_base_s * 2**attempt)
-        return self.consumer.ack_many(batch)
-
-    def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                failed = self._delete(batch)
-            except TransportError as exc:
-                logger.warning("Could not delete %d messages (they will be redelivered): %s", len(batch), exc)
-                self.failed += len(batch)
-                continue
-            for message in failed:
-                logger.warning("Could not delete message %r (it will be redelivered)", message.message_id)
-            self.failed += len(failed)
 
 
 @defaults(

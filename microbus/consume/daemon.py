@@ -15,7 +15,7 @@ from microcosm.api import create_object_graph, load_each, load_from_dict, load_f
 from microcosm.object_graph import ObjectGraph
 
 from microbus.consume.consumer import QueueInfo, SQSConsumer, live_queue_warnings
-from microbus.consume.worker import Worker, transport_backoff_s
+from microbus.consume.worker import Worker, install_signal_handlers, transport_backoff_s
 from microbus.errors import EndpointUnreachableError, MicrobusError, TransientTransportError
 from microbus.wire.codecs import PubSubMessageSchema
 from microbus.wire.schemas import media_type_of
@@ -55,6 +55,8 @@ class ConsumerDaemon:
     dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
     handler_timeout_s: ClassVar[float | None] = None
     topology: ClassVar[Any] = None
+    companions: ClassVar[Sequence[type[ConsumerDaemon]]] = ()
+    """Daemons run in the same process, on their own queues (e.g. this daemon's callback daemon)."""
     """A :class:`~microbus.topology.Topology`, a file or ``module:ATTRIBUTE``; ``graph.queue_declarations`` reads it."""
 
     def __init__(self, *, debug: bool = False, testing: bool = False, **overrides: Any) -> None:
@@ -72,6 +74,7 @@ class ConsumerDaemon:
         return {
             "sqs_message_handler_registry": {"media_types": media_types},
             "queue_declarations": {"topology": self.topology},
+            "worker": {"prefetch": None},
         }
 
     @property
@@ -138,23 +141,35 @@ class ConsumerDaemon:
         return declarations(self.name)
 
     def create_worker(
-        self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5
+        self,
+        *,
+        concurrency: int = 1,
+        grace_period_s: float = 30.0,
+        heartbeat_fraction: float = 0.5,
+        prefetch: int | None = None,
     ) -> Worker:
         """Check the queue (:meth:`check_queue`) and build the worker that runs it.
 
-        An unreachable endpoint is not an error here: the worker waits for it when it starts.
+        The SQS client's connection pool is sized to the worker (unless the graph was already built). An
+        unreachable endpoint is not an error here: the worker waits for it when it starts. ``prefetch`` None
+        takes ``worker.prefetch`` from the configuration, else the worker's default.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
         """
+        if self._graph is None:
+            aws = self.overrides.setdefault("aws", {})
+            aws.setdefault("max_pool_connections", Worker.connections_for(concurrency) + 4)
         try:
             self.check_queue()
         except (EndpointUnreachableError, TransientTransportError) as exc:
             logger.debug("Queue check deferred until the queue is reachable: %s", exc)
+        configured = self.graph.config.worker.prefetch if "worker" in self.graph.config else None
         return Worker(
             consumer=self.graph.sqs_consumer,
             dispatcher=getattr(self.graph, self.dispatcher_component),
             concurrency=concurrency,
+            prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
             grace_period_s=grace_period_s,
             heartbeat_fraction=heartbeat_fraction,
         )
@@ -164,14 +179,49 @@ class ConsumerDaemon:
         """Console entry point: parse the command line and run."""
         daemon_command(cls)()
 
-    def run(self, *, concurrency: int = 1, grace_period_s: float = 30.0, heartbeat_fraction: float = 0.5) -> None:
-        """Run until SIGTERM/SIGINT, then shut down gracefully."""
-        worker = self.create_worker(
-            concurrency=concurrency, grace_period_s=grace_period_s, heartbeat_fraction=heartbeat_fraction
-        )
-        logger.info("%s consuming %s with %d handler threads", self.name, worker.consumer.queue_url, worker.concurrency)
-        worker.run()
-        logger.info("%s stopped: %s", self.name, worker.stats.outcomes)
+    def run(
+        self,
+        *,
+        concurrency: int = 1,
+        grace_period_s: float = 30.0,
+        heartbeat_fraction: float = 0.5,
+        prefetch: int | None = None,
+    ) -> None:
+        """Run this daemon and its :attr:`companions` until SIGTERM/SIGINT, then shut them all down gracefully.
+
+        Each queue gets its own worker; one signal stops them all, and each gets the same grace period.
+        """
+        companions = [
+            cls(debug=self.debug, testing=self.testing, **self._companion_overrides()) for cls in self.companions
+        ]
+        workers = [
+            daemon.create_worker(
+                concurrency=concurrency,
+                grace_period_s=grace_period_s,
+                heartbeat_fraction=heartbeat_fraction,
+                prefetch=prefetch if daemon is self else None,
+            )
+            for daemon in [self, *companions]
+        ]
+        install_signal_handlers(workers)
+        for daemon, worker in zip([self, *companions], workers, strict=True):
+            logger.info(
+                "%s consuming %s with concurrency %d", daemon.name, worker.consumer.queue_url, worker.concurrency
+            )
+            worker.start()
+        for daemon, worker in zip([self, *companions], workers, strict=True):
+            worker.join()
+            logger.info("%s stopped: %s", daemon.name, worker.stats.outcomes)
+
+    def _companion_overrides(self) -> dict[str, Any]:
+        """The command line's settings that apply to companions too: the endpoint and the long-poll wait."""
+        overrides: dict[str, Any] = {}
+        if "aws" in self.overrides:
+            overrides["aws"] = {k: v for k, v in self.overrides["aws"].items() if k != "max_pool_connections"}
+        wait = self.overrides.get("sqs_consumer", {}).get("wait_seconds")
+        if wait is not None:
+            overrides["sqs_consumer"] = {"wait_seconds": wait}
+        return overrides
 
 
 def daemon_overrides(sqs_queue_url: str | None, endpoint_url: str | None, wait_seconds: int | None) -> dict[str, Any]:
@@ -193,6 +243,12 @@ def daemon_options(function: Any) -> Any:
         click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators)."),
         click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True),
         click.option("--wait-seconds", type=click.IntRange(0, 20), default=None, help="Long-poll wait."),
+        click.option(
+            "--prefetch",
+            type=click.IntRange(0, 10_000),
+            default=None,
+            help="Messages held beyond the running ones (default: worker.prefetch, else 10 per receiver).",
+        ),
         click.option("--grace-period", type=float, default=30.0, show_default=True, help="Seconds to finish."),
         click.option(
             "--heartbeat-fraction",
@@ -227,6 +283,7 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
             concurrency=options["concurrency"],
             grace_period_s=options["grace_period"],
             heartbeat_fraction=options["heartbeat_fraction"],
+            prefetch=options["prefetch"],
         )
     except MicrobusError as exc:
         click.echo(f"{cls.name}: {exc}", err=True)

@@ -6,11 +6,13 @@ is the one place where an outcome becomes an ack, a retry or a dead letter.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -122,12 +124,25 @@ class HandlerCall:
     call: Callable[[], Any]
 
 
+@dataclass(frozen=True)
+class AsyncHandlerCall:
+    """The call of one message's async handler, as middleware sees it (``await call.call()``)."""
+
+    message: SQSMessage
+    source: str
+    idempotent: bool
+    call: Callable[[], Awaitable[Any]]
+
+
 class Middleware:
     """Extension points around handling one message; every hook is a no-op by default.
 
     ``after_handle`` sees the outcome after retry limits were applied, and may change it (e.g. turn a
     failure into an ack once it was reported elsewhere). Hooks must not raise; one that does turns
-    the outcome into a retry (FAILED, reason ``middleware-error``).
+    the outcome into a retry (FAILED, reason ``middleware-error``). ``before_handle`` and ``after_handle``
+    may be ``async def``; for an async handler they run on the worker's event loop (a blocking sync hook
+    holds up the loop's other handlers). ``around_handler`` wraps sync handlers, ``around_handler_async``
+    async ones.
     """
 
     guards_idempotent_handlers: ClassVar[bool] = False
@@ -140,6 +155,10 @@ class Middleware:
         """Wraps the call of the handler (``call.call()``); may skip it by raising :class:`SkipMessage` or
         :class:`Nack`. Middleware wraps in order: the first is the outermost."""
         return call.call()
+
+    async def around_handler_async(self, call: AsyncHandlerCall) -> Any:
+        """The same for async handlers: ``await call.call()``."""
+        return await call.call()
 
     def after_handle(self, message: SQSMessage, result: Result) -> None:
         """Called once the handler returned or raised, before the outcome is applied to the queue."""
@@ -185,51 +204,99 @@ class SQSMessageDispatcher:
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
 
+    def is_async(self, message: SQSMessage) -> bool:
+        """True when the message's handler is a coroutine function (run it with :meth:`handle_async`)."""
+        return message.media_type is not None and self.handler_registry.is_async(message.media_type)
+
     def handle(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Call the message's handler and return the outcome; never raises for handler errors.
 
         ``max_attempts`` is the queue's redrive ``maxReceiveCount``; a configured
-        ``retry_policy.max_attempts`` takes precedence over it.
+        ``retry_policy.max_attempts`` takes precedence over it. An async handler (or one that returns an
+        awaitable) is run to completion on an event loop of its own: in a worker, async handlers go
+        through :meth:`handle_async` on the worker's loop instead.
         """
         started = time.monotonic()
-        self._run_hooks(message, None)
-        result = self._invoke(message)
+        for middleware in self.middleware:
+            self._hook(message, None, functools.partial(_sync_hook, middleware.before_handle, message))
+        handler, rejected = self._find(message)
+        result = rejected or self._outcome(message, lambda: self._call(handler, message))
+        return self._finish(message, result, started, max_attempts, sync=True)
+
+    async def handle_async(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
+        """Like :meth:`handle`, awaiting the handler and any async middleware hooks."""
+        started = time.monotonic()
+        for middleware in self.middleware:
+            await self._hook_async(message, None, functools.partial(middleware.before_handle, message))
+        handler, result = self._find(message)
+        if result is None:
+            assert handler is not None
+            try:
+                response = await self._call_async(handler, message)
+            except BaseException as exc:  # noqa: B036 - CancelledError too: the message is retried, never acked
+                result = self._outcome(message, functools.partial(_reraise, exc))
+            else:
+                result = self._outcome(message, lambda: response)
+        result = self._finish(message, result, started, max_attempts, sync=False)
+        for middleware in reversed(self.middleware):
+            await self._hook_async(message, result, functools.partial(middleware.after_handle, message, result))
+        self._retry_delay(message, result)
+        return result
+
+    def _finish(
+        self, message: SQSMessage, result: Result, started: float, max_attempts: int | None, *, sync: bool
+    ) -> Result:
+        """Elapsed time, the attempt limit, and (sync) the ``after_handle`` hooks and the retry delay."""
         result.elapsed_s = time.monotonic() - started
         limit = self.retry_policy.max_attempts or max_attempts or self.retry_policy.default_max_attempts
         if result.outcome is Outcome.FAILED and message.approximate_receive_count >= limit:
             result.outcome = Outcome.EXPIRED
             result.reason = "max-attempts"
-        self._run_hooks(message, result)
-        if result.outcome.action is Action.RETRY and result.retry_after_s is None:
-            result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
+        if sync:
+            for middleware in reversed(self.middleware):
+                self._hook(message, result, functools.partial(_sync_hook, middleware.after_handle, message, result))
+            self._retry_delay(message, result)
         return result
 
-    def _run_hooks(self, message: SQSMessage, result: Result | None) -> None:
-        """``before_handle`` (no result yet) or ``after_handle`` of every middleware; a raising hook means retry."""
-        for middleware in self.middleware if result is None else reversed(self.middleware):
-            try:
-                if result is None:
-                    middleware.before_handle(message)
-                else:
-                    middleware.after_handle(message, result)
-            except Exception as exc:
-                logger.exception("Middleware %s failed on message %r", type(middleware).__name__, message.message_id)
-                if result is not None and result.outcome.action is not Action.DEAD_LETTER:
-                    result.outcome, result.reason, result.error = Outcome.FAILED, "middleware-error", exc
+    def _retry_delay(self, message: SQSMessage, result: Result) -> None:
+        if result.outcome.action is Action.RETRY and result.retry_after_s is None:
+            result.retry_after_s = self.retry_policy.backoff(message.approximate_receive_count)
 
-    def _invoke(self, message: SQSMessage) -> Result:
-        def result(outcome: Outcome, **kwargs: Any) -> Result:
-            return Result(outcome, message.media_type, message.message_id, message.approximate_receive_count, **kwargs)
+    def _hook(self, message: SQSMessage, result: Result | None, call: Callable[[], Any]) -> None:
+        """Run one middleware hook; a raising ``after_handle`` turns the outcome into a retry."""
+        try:
+            call()
+        except Exception as exc:
+            self._hook_failed(message, result, exc)
 
+    async def _hook_async(self, message: SQSMessage, result: Result | None, call: Callable[[], Any]) -> None:
+        try:
+            value = call()
+            if inspect.isawaitable(value):
+                await value
+        except Exception as exc:
+            self._hook_failed(message, result, exc)
+
+    def _hook_failed(self, message: SQSMessage, result: Result | None, exc: Exception) -> None:
+        logger.error("Middleware failed on message %r", message.message_id, exc_info=exc)
+        if result is not None and result.outcome.action is not Action.DEAD_LETTER:
+            result.outcome, result.reason, result.error = Outcome.FAILED, "middleware-error", exc
+
+    def _find(self, message: SQSMessage) -> tuple[Handler | None, Result | None]:
+        """The message's handler, or the result of rejecting it (undecodable, no handler)."""
         error = message.error
         handler = self.handler_registry.find(message.media_type) if message.media_type else None
         if error is None and handler is None:
             error = NoHandlerError(f"No handler for media type {message.media_type!r}")
         if error is not None:
-            return self._reject(result, error)
-        assert handler is not None and message.content is not None
+            return None, self._reject(functools.partial(_result, message), error)
+        return handler, None
+
+    def _outcome(self, message: SQSMessage, call: Callable[[], Any]) -> Result:
+        """Call the handler (or replay its async outcome) and turn what happened into a Result."""
+        result = functools.partial(_result, message)
         try:
-            response = self._call(handler, message)
+            response = call()
         except Nack as exc:
             return result(
                 Outcome.RETRIED, retry_after_s=_visibility(exc.visibility_timeout_seconds), error=exc, extra=exc.extra
@@ -242,14 +309,30 @@ class SQSMessageDispatcher:
             return result(Outcome.FAILED, reason="handler-error", error=exc)
         return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)
 
-    def _call(self, handler: Handler, message: SQSMessage) -> Any:
+    def _call(self, handler: Handler | None, message: SQSMessage) -> Any:
+        assert handler is not None and message.content is not None
         content = message.content
-        assert content is not None
         idempotent = message.media_type in self.handler_registry.idempotent
-        call = HandlerCall(message, self.source, idempotent, lambda: handler(content))
+        call = HandlerCall(message, self.source, idempotent, lambda: _complete(handler(content)))
         for middleware in reversed(self.middleware):
             call = HandlerCall(message, self.source, idempotent, functools.partial(middleware.around_handler, call))
         return call.call()
+
+    async def _call_async(self, handler: Handler, message: SQSMessage) -> Any:
+        assert message.content is not None
+        content = message.content
+
+        async def call_handler() -> Any:
+            value = handler(content)
+            return await value if inspect.isawaitable(value) else value
+
+        idempotent = message.media_type in self.handler_registry.idempotent
+        call = AsyncHandlerCall(message, self.source, idempotent, call_handler)
+        for middleware in reversed(self.middleware):
+            call = AsyncHandlerCall(
+                message, self.source, idempotent, functools.partial(middleware.around_handler_async, call)
+            )
+        return await call.call()
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
         unknown = error.reason in ("unknown-media-type", "no-handler")
@@ -260,51 +343,61 @@ class SQSMessageDispatcher:
     def apply(
         self, result: Result, message: SQSMessage, *, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
     ) -> None:
-        """Act on the queue: ack via ``ack`` (batched by the caller), retry later, or dead-letter.
+        """Act on the queue at once, for code that consumes without a Worker: ack via ``ack``, retry later,
+        or dead-letter (a :class:`Worker` settles in batches instead, from the same decisions).
 
         Transport errors are logged, not raised: the message then reappears after its visibility timeout.
         """
-        self.log(result)
+        log_result(result)
+        action, delay = result.outcome.action, result.retry_after_s or 0
         try:
-            if result.outcome.action is Action.ACK:
+            if action is Action.DEAD_LETTER and consumer.dead_letter_queue_url() is None:
+                action, delay = self.without_dead_letter_queue(result, message)
+            if action is Action.ACK:
                 ack(message)
-            elif result.outcome.action is Action.RETRY:
-                consumer.nack(message, result.retry_after_s or 0)
+            elif action is Action.RETRY:
+                consumer.nack(message, delay)
             elif not consumer.dead_letter(
                 message, reason=result.reason or "rejected", error=result.error, source=self.source
             ):
-                self._without_dead_letter_queue(result, message, consumer, ack)
+                logger.warning("Message %r was not dead-lettered completely; it will reappear", message.message_id)
         except TransportError as exc:
-            logger.warning("Could not %s message %r: %s", result.outcome.action.value, message.message_id, exc)
+            logger.warning("Could not %s message %r: %s", action.value, message.message_id, exc)
 
-    def _without_dead_letter_queue(
-        self, result: Result, message: SQSMessage, consumer: SQSConsumer, ack: Callable[[SQSMessage], None]
-    ) -> None:
+    def without_dead_letter_queue(self, result: Result, message: SQSMessage) -> tuple[Action, int]:
+        """What to do with a message to dead-letter when the queue has none: delete it (``delete_undeliverable``)
+        or leave it to the queue's redrive policy, visible again after the backoff."""
         if self.delete_undeliverable:
             logger.error("Deleting undeliverable message %r (no DLQ): %s", message.message_id, result.reason)
-            ack(message)
-            return
-        delay = self.retry_policy.backoff(message.approximate_receive_count)
+            return Action.ACK, 0
         logger.error(
             "Message %r cannot be handled (%s) and the queue has no DLQ: left to the queue's redrive policy",
             message.message_id,
             result.reason,
         )
-        consumer.nack(message, delay)
+        return Action.RETRY, self.retry_policy.backoff(message.approximate_receive_count)
 
     def log(self, result: Result) -> None:
         """One line per message outcome, at the outcome's level; never the body."""
-        logger.log(
-            result.outcome.level,
-            "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s",
-            result.outcome.label,
-            result.media_type,
-            result.message_id,
-            result.receive_count,
-            result.elapsed_s,
-            f" reason={result.reason}" if result.reason else "",
-            f" error={type(result.error).__name__}: {result.error}" if result.error else "",
-        )
+        log_result(result)
+
+
+def log_result(result: Result) -> None:
+    """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled."""
+    level = result.outcome.level
+    if not logger.isEnabledFor(level):
+        return
+    logger.log(
+        level,
+        "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s",
+        result.outcome.label,
+        result.media_type,
+        result.message_id,
+        result.receive_count,
+        result.elapsed_s,
+        f" reason={result.reason}" if result.reason else "",
+        f" error={type(result.error).__name__}: {result.error}" if result.error else "",
+    )
 
 
 @defaults(
@@ -337,6 +430,32 @@ def _middleware(graph: ObjectGraph, names: list[str]) -> list[Middleware]:
     if graph.sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
         names.append("idempotency_guard")
     return [getattr(graph, name) for name in names]
+
+
+def _result(message: SQSMessage, outcome: Outcome, **kwargs: Any) -> Result:
+    return Result(outcome, message.media_type, message.message_id, message.approximate_receive_count, **kwargs)
+
+
+def _sync_hook(hook: Callable[..., Any], *args: Any) -> None:
+    _complete(hook(*args))
+
+
+def _reraise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _complete(value: Any) -> Any:
+    """A sync call's value; an awaitable (an async function called from the sync path) is run to completion.
+
+    Never mistake a coroutine for a handler's success: it is awaited, on a loop of its own.
+    """
+    if not inspect.isawaitable(value):
+        return value
+
+    async def wait() -> Any:
+        return await value
+
+    return asyncio.run(wait())
 
 
 def _visibility(seconds: int | None) -> int | None:

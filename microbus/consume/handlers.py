@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,21 +21,37 @@ HandlerT = TypeVar("HandlerT")
 
 _handlers: dict[str, Any] = {}
 _idempotent: set[str] = set()
+_MAX_UNWRAP = 32
 
 
-def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False) -> Callable[[HandlerT], HandlerT]:
+def handles(
+    target: str | type[PubSubMessageSchema], *, idempotent: bool = False, replace: bool = False
+) -> Callable[[HandlerT], HandlerT]:
     """Register a function, or a class built from the graph, as the handler of a media type.
 
     A class handler is constructed with the graph (``cls(graph)``) or, when it is a microcosm
     ``@binding``, taken from the graph under its binding key. With ``idempotent=True`` the dispatcher
     records each message in the idempotency store and skips messages already handled
     (see :mod:`microbus.patterns.idempotency` for the exact guarantee).
+
+    A media type has one handler. Registering the same handler again is fine (also after a module was
+    reloaded: handlers are compared by module and qualified name); another handler needs ``replace=True``.
+
+    Raises:
+        ConfigurationError: the media type already has another handler and ``replace`` is not set.
     """
     media_type = media_type_of(target)
     if not isinstance(target, str):
         schema(target)
 
     def decorator(handler: HandlerT) -> HandlerT:
+        known = _handlers.get(media_type)
+        if known is not None and not replace and not _same_handler(known, handler):
+            raise ConfigurationError(
+                f"Media type {media_type!r} is already handled by {qualified_name(known)}, so "
+                f"{qualified_name(handler)} cannot also handle it: give it another media type, or pass "
+                f"@handles(..., replace=True) to replace the first handler."
+            )
         _handlers[media_type] = handler
         if idempotent:
             _idempotent.add(media_type)
@@ -45,6 +62,56 @@ def handles(target: str | type[PubSubMessageSchema], *, idempotent: bool = False
     return decorator
 
 
+def qualified_name(handler: Any) -> str:
+    """``module.QualifiedName`` of a handler function or class (of the class, for other callables)."""
+    if isinstance(handler, functools.partial):
+        return f"functools.partial({qualified_name(handler.func)})"
+    if inspect.isfunction(handler) or inspect.isclass(handler) or inspect.ismethod(handler):
+        return f"{handler.__module__}.{handler.__qualname__}"
+    kind = type(handler)
+    return f"{kind.__module__}.{kind.__qualname__} instance"
+
+
+def _same_handler(known: Any, handler: Any) -> bool:
+    """The very same handler, or its new copy from a module imported again (same module and qualified name)."""
+    if known is handler:
+        return True
+    if inspect.ismethod(known) and inspect.ismethod(handler):
+        return bool(known == handler)
+    named = (inspect.isfunction(known) and inspect.isfunction(handler)) or (
+        inspect.isclass(known) and inspect.isclass(handler)
+    )
+    return named and qualified_name(known) == qualified_name(handler)
+
+
+def is_coroutine_handler(handler: Any) -> bool:
+    """Whether calling the handler returns a coroutine: an ``async def`` function or method, a class (or
+    instance) whose ``__call__`` is one, a ``functools.partial`` of one, or a function decorated with
+    ``functools.wraps`` around one."""
+    target = handler
+    for _ in range(_MAX_UNWRAP):
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif inspect.iscoroutinefunction(target):
+            return True
+        elif inspect.ismethod(target):
+            target = target.__func__
+        elif inspect.isfunction(target):
+            wrapped = getattr(target, "__wrapped__", None)
+            if wrapped is None:
+                return False
+            target = wrapped
+        elif inspect.isroutine(target):  # builtins, method descriptors
+            return False
+        elif inspect.isclass(target):
+            target = target.__call__  # its instances' (type.__call__ when it defines none: not a coroutine)
+        elif callable(target):
+            target = type(target).__call__
+        else:
+            return False
+    return False
+
+
 def registered_handler_media_types() -> list[str]:
     """Every media type that has a ``@handles`` handler."""
     return sorted(_handlers)
@@ -53,12 +120,14 @@ def registered_handler_media_types() -> list[str]:
 class HandlerRegistry:
     """Maps media types to ready-to-call handlers (class handlers instantiated once).
 
-    ``idempotent`` lists the media types whose handlers run at most once per message id.
+    ``idempotent`` lists the media types whose handlers run at most once per message id; which handlers
+    are coroutine functions is decided here, once (:meth:`is_async`).
     """
 
     def __init__(self, handlers: dict[str, Handler], *, idempotent: Iterable[str] = ()) -> None:
         self._handlers = handlers
         self.idempotent = frozenset(idempotent)
+        self._async = frozenset(media_type for media_type, handler in handlers.items() if is_coroutine_handler(handler))
 
     @classmethod
     def from_registered(
@@ -81,6 +150,10 @@ class HandlerRegistry:
     def find(self, media_type: str) -> Handler | None:
         """Return the handler of a media type, or None."""
         return self._handlers.get(media_type)
+
+    def is_async(self, media_type: str) -> bool:
+        """Whether the handler of a media type is a coroutine function (False for an unknown media type)."""
+        return media_type in self._async
 
     @property
     def media_types(self) -> list[str]:

@@ -1,10 +1,14 @@
-"""Visibility heartbeat: keep the messages a worker holds invisible while their handlers run.
+"""Visibility heartbeat: keep the messages a worker holds invisible until they are settled.
 
 A message received with the queue's visibility timeout ``V`` is extended (ChangeMessageVisibility,
 batched by 10) to ``V`` from now whenever less than ``(1 - fraction) * V`` of its visibility is left,
-that is every ``fraction * V`` seconds while it is held. Extension stops the moment the message is
-untracked (its handler finished), when the heartbeat stops (the worker shuts down), or with the
-process (the thread is a daemon thread: a killed daemon's messages reappear within ``V``).
+that is every ``fraction * V`` seconds while it is held. It is held from its receipt until it is *settled*
+(deleted, retried, released or dead-lettered, as SQS confirmed), not only while its handler runs, so a slow
+or retried delete never lets it reappear. Near ``max_hold_s`` (SQS refuses to hold a message longer than
+12 h) it is extended a last time to the limit, logged once, and let go.
+
+The heartbeat is one supervised activity: an unexpected error is logged with its traceback and the
+heartbeat restarts; the messages it holds are due at once after the restart.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from microbus.errors import TransportError
+from microbus.wire.transport import MAX_BATCH
 
 if TYPE_CHECKING:
-    from microbus.consume.consumer import SQSConsumer
-    from microbus.consume.message import SQSMessage
+    from microbus.consume.lifecycle import Tracked
+    from microbus.consume.supervision import Supervisor
+    from microbus.wire.transport import SQSTransport
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +35,22 @@ _IDLE_WAIT_S = 1.0
 _RETRY_WAIT_S = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Lease:
     """One held message: when it was received and when it becomes visible again (monotonic seconds)."""
 
-    receipt_handle: str
-    message_id: str
+    tracked: Tracked
     held_since: float
     visible_until: float
+    last: bool = False
+
+    @property
+    def receipt_handle(self) -> str:
+        """The message's receipt handle."""
+        return self.tracked.message.receipt_handle
+
+    def __repr__(self) -> str:
+        return f"Lease(message_id={self.tracked.message.message_id!r}, visible_until={self.visible_until:.1f})"
 
 
 def due_for_extension(
@@ -65,10 +79,10 @@ def extension_s(lease: Lease, *, now: float, visibility_timeout_s: int, max_hold
 
 
 class VisibilityHeartbeat:
-    """Extends the visibility of tracked messages from a background thread.
+    """Extends the visibility of tracked messages from a supervised activity.
 
     Parameters:
-        consumer: changes visibility on the message's queue.
+        transport: changes visibility on the message's queue.
         visibility_timeout_seconds: the queue's visibility timeout; each extension sets it again.
         fraction: extend once this fraction of the timeout has passed (0 < fraction < 1; 0 disables).
         max_hold_s: never hold a message longer than this in total (SQS refuses more than 12 h).
@@ -77,62 +91,55 @@ class VisibilityHeartbeat:
     def __init__(
         self,
         *,
-        consumer: SQSConsumer,
+        transport: SQSTransport,
         visibility_timeout_seconds: int,
         fraction: float = 0.5,
         max_hold_s: float = SQS_MAX_HOLD_S,
     ) -> None:
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"heartbeat fraction must be in [0, 1), got {fraction}")
-        self.consumer = consumer
+        self.transport = transport
         self.visibility_timeout_seconds = visibility_timeout_seconds
         self.fraction = fraction
-        self.max_hold_s = max_hold_s
+        self.max_hold_s = min(float(max_hold_s), SQS_MAX_HOLD_S)
         self.extensions = 0
-        self._leases: dict[str, Lease] = {}
-        self._sending: set[str] = set()
+        self.calls = 0
+        self._leases: dict[int, Lease] = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._failing = False
-        self._thread: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
         """False when the fraction is 0 or the queue has no visibility timeout."""
         return self.fraction > 0 and self.visibility_timeout_seconds > 0
 
-    def start(self) -> None:
-        """Start the background thread (a no-op when disabled)."""
+    def start(self, supervisor: Supervisor) -> None:
+        """Run under ``supervisor`` (a no-op when disabled)."""
         if self.enabled:
-            self._thread = threading.Thread(target=self._run, name="microbus-heartbeat", daemon=True)
-            self._thread.start()
+            supervisor.start("heartbeat", self.step)
 
     def stop(self) -> None:
-        """Stop extending anything; held messages reappear when their visibility runs out."""
+        """Stop extending anything; held messages reappear when their visibility runs out. Never blocks."""
         with self._cond:
             self._stopped = True
             self._leases.clear()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
 
-    def track(self, message: SQSMessage, *, received_at: float | None = None) -> None:
-        """Start extending a message received at ``received_at`` (monotonic; default now)."""
+    def track(self, tracked: Tracked) -> None:
+        """Start extending a message, received at ``tracked.received_at``."""
         if not self.enabled:
             return
-        now = time.monotonic() if received_at is None else received_at
-        lease = Lease(message.receipt_handle, message.message_id, now, now + self.visibility_timeout_seconds)
+        lease = Lease(tracked, tracked.received_at, tracked.received_at + self.visibility_timeout_seconds)
         with self._cond:
             if not self._stopped:
-                self._leases[lease.receipt_handle] = lease
+                self._leases[id(tracked)] = lease
                 self._cond.notify_all()
 
-    def untrack(self, message: SQSMessage) -> None:
-        """Stop extending a message; waits for an extension of it that is on the wire, so it cannot land later."""
+    def untrack(self, tracked: Tracked) -> None:
+        """Stop extending a message (it was settled). Never blocks."""
         with self._cond:
-            self._leases.pop(message.receipt_handle, None)
-            while message.receipt_handle in self._sending:
-                self._cond.wait()
+            self._leases.pop(id(tracked), None)
 
     @property
     def held(self) -> int:
@@ -140,69 +147,75 @@ class VisibilityHeartbeat:
         with self._cond:
             return len(self._leases)
 
-    def _run(self) -> None:
-        while (due := self._wait_for_due()) is not None:
+    def step(self) -> None:
+        """Wait until some leases are due (at most a second), then extend them."""
+        due = self._wait_for_due()
+        if due:
             self._extend(due)
 
-    def _wait_for_due(self) -> list[Lease] | None:
+    def _wait_for_due(self) -> list[Lease]:
+        kwargs = {"visibility_timeout_s": self.visibility_timeout_seconds, "fraction": self.fraction}
         with self._cond:
-            while not self._stopped:
-                kwargs = {"visibility_timeout_s": self.visibility_timeout_seconds, "fraction": self.fraction}
-                due = due_for_extension(self._leases.values(), now=time.monotonic(), **kwargs)
-                if due:
-                    self._sending = {lease.receipt_handle for lease in due}
-                    return due
-                self._cond.wait(seconds_until_due(self._leases.values(), now=time.monotonic(), **kwargs))
-            return None
+            if self._stopped:
+                return []
+            due = due_for_extension(self._leases.values(), now=time.monotonic(), **kwargs)
+            if not due:
+                wait = seconds_until_due(self._leases.values(), now=time.monotonic(), **kwargs)
+                self._cond.wait(min(_IDLE_WAIT_S, wait))
+                return []
+            return due
 
     def _extend(self, due: list[Lease]) -> None:
         now = time.monotonic()
-        changes: dict[str, int] = {}
-        expired: list[Lease] = []
+        changes: list[tuple[Lease, int]] = []
         for lease in due:
-            seconds = extension_s(lease, now=now, visibility_timeout_s=self.visibility_timeout_seconds)
-            if seconds > 0:
-                changes[lease.receipt_handle] = seconds
-            else:
-                expired.append(lease)
-        failed: set[str] = set()
+            seconds = extension_s(
+                lease, now=now, visibility_timeout_s=self.visibility_timeout_seconds, max_hold_s=self.max_hold_s
+            )
+            if seconds <= 0 or lease.last:
+                self._let_go(lease, now)
+            elif lease.tracked.claim_wire():
+                changes.append((lease, seconds))
+        for start in range(0, len(changes), MAX_BATCH):
+            self._send(changes[start : start + MAX_BATCH], now)
+
+    def _send(self, batch: list[tuple[Lease, int]], now: float) -> None:
         error: TransportError | None = None
+        failed: set[str] = set()
         try:
-            if changes:
-                failed = set(self.consumer.transport.change_visibility_batch(list(changes.items())))
+            self.calls += 1
+            failed = set(self.transport.change_visibility_entries([(lease.receipt_handle, s) for lease, s in batch]))
         except TransportError as exc:
             error = exc
-        self._settle(due, changes, failed, expired, now, error)
-
-    def _settle(
-        self,
-        due: list[Lease],
-        changes: dict[str, int],
-        failed: set[str],
-        expired: list[Lease],
-        now: float,
-        error: TransportError | None,
-    ) -> None:
+        finally:
+            for lease, _ in batch:
+                lease.tracked.release_wire()
         with self._cond:
-            for lease in expired:
-                logger.warning(
-                    "Message %r held for %.0fs: no longer extending it", lease.message_id, now - lease.held_since
-                )
-                self._leases.pop(lease.receipt_handle, None)
-            for lease in due:
-                if lease.receipt_handle not in changes:
-                    continue
+            for lease, seconds in batch:
                 if error is not None:  # try again shortly
                     lease.visible_until = now + _RETRY_WAIT_S + self.visibility_timeout_seconds * (1 - self.fraction)
                 elif lease.receipt_handle in failed:
-                    logger.warning("Could not extend the visibility of message %r", lease.message_id)
-                    self._leases.pop(lease.receipt_handle, None)
+                    if not lease.tracked.settled and id(lease.tracked) in self._leases:
+                        logger.warning(
+                            "Could not extend the visibility of message %r", lease.tracked.message.message_id
+                        )
+                    self._leases.pop(id(lease.tracked), None)
                 else:
-                    lease.visible_until = now + changes[lease.receipt_handle]
+                    lease.visible_until = now + seconds
+                    lease.last = seconds < self.visibility_timeout_seconds
                     self.extensions += 1
             self._log_state(error)
-            self._sending = set()
-            self._cond.notify_all()
+
+    def _let_go(self, lease: Lease, now: float) -> None:
+        with self._cond:
+            if self._leases.pop(id(lease.tracked), None) is None:
+                return
+        logger.warning(
+            "Message %r held for %.0fs, the hold limit (%.0fs): no longer extending it; it will reappear",
+            lease.tracked.message.message_id,
+            now - lease.held_since,
+            self.max_hold_s,
+        )
 
     def _log_state(self, error: TransportError | None) -> None:
         if error is not None and not self._failing:

@@ -1,23 +1,49 @@
-"""Runtime: the poll loop, bounded prefetch, worker threads, batched acks and graceful shutdown."""
+"""Worker: consumes one queue — receivers, a scheduler on an event loop, handlers, settling and the heartbeat.
+
+Each received message gets one :class:`~microbus.consume.lifecycle.Tracked` state holder and goes
+``received → waiting → running → settling → settled``. It counts against ``concurrency + prefetch`` and stays
+under the heartbeat until it is settled. The scheduler runs on the worker's event loop: sync handlers go to
+a pool of ``concurrency`` threads, async handlers run as tasks on the loop itself, together never more than
+``concurrency`` at once; on a FIFO queue, messages of one group run one at a time, in order. Receiving,
+settling and the heartbeat are supervised activities.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import queue
 import signal
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
 
-from microbus.consume.consumer import BatchAcker, QueueInfo, SQSConsumer
-from microbus.consume.dispatch import Outcome, Result, SQSMessageDispatcher
-from microbus.consume.heartbeat import VisibilityHeartbeat
+from microbus.consume.consumer import QueueInfo, SQSConsumer
+from microbus.consume.dispatch import Action, Outcome, Result, SQSMessageDispatcher, log_result
+from microbus.consume.heartbeat import SQS_MAX_HOLD_S, VisibilityHeartbeat
+from microbus.consume.lifecycle import (
+    EventKind,
+    LifecycleEvent,
+    LifecycleObserver,
+    MessageState,
+    Observers,
+    Tracked,
+)
 from microbus.consume.message import SQSMessage
-from microbus.errors import EndpointUnreachableError, QueueNotFoundError, TransientTransportError, TransportError
+from microbus.consume.settle import Settler
+from microbus.consume.supervision import Supervisor
+from microbus.consume.threads import DaemonThreadPool
+from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError
 from microbus.wire.transport import MAX_BATCH
 
 logger = logging.getLogger(__name__)
+
+_IDLE_PAUSE_S = 0.2
+"""Pause after an empty receive that returned at once (``wait_seconds`` 0), so an idle worker does not spin."""
 
 
 def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> float:
@@ -25,28 +51,35 @@ def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> 
     return float(min(max_s, base_s * 2 ** min(failures, 16)))
 
 
-def _log_receive_failure(exc: Exception) -> None:
-    if isinstance(exc, QueueNotFoundError):
-        logger.error("Receive failing, backing off until the queue exists: %s", exc)
-    elif isinstance(exc, TransportError):
-        logger.warning("Receive failing, backing off until it recovers: %s", exc)
-    else:
-        logger.error("Receive failing unexpectedly, backing off", exc_info=exc)
+def default_receivers(concurrency: int) -> int:
+    """Receives in flight at once for a concurrency: one per two handlers, 1 to 8."""
+    return max(1, min(8, (concurrency + 1) // 2))
 
 
 @dataclass
 class Stats:
-    """Counters of one worker, by outcome; safe to read from other threads."""
+    """Counters of one worker, kept as a lifecycle observer; safe to read from other threads."""
 
     received: int = 0
     released: int = 0
+    settled: int = 0
+    settle_failed: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: {outcome.label: 0 for outcome in Outcome})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, result: Result) -> None:
-        """Record one outcome."""
+    def on_event(self, event: LifecycleEvent) -> None:
+        """Count one transition."""
         with self._lock:
-            self.outcomes[result.outcome.label] += 1
+            if event.kind is EventKind.RECEIVED:
+                self.received += 1
+            elif event.kind is EventKind.FINISHED and event.outcome is not None:
+                self.outcomes[event.outcome.label] += 1
+            elif event.kind is EventKind.RELEASED:
+                self.released += 1
+            elif event.kind in (EventKind.SETTLED, EventKind.DEAD_LETTERED):
+                self.settled += 1
+            elif event.kind is EventKind.SETTLE_FAILED:
+                self.settle_failed += 1
 
     @property
     def handled(self) -> int:
@@ -64,20 +97,35 @@ class Stats:
         return self.outcomes[Outcome.FAILED.label] + self.outcomes[Outcome.RETRIED.label]
 
 
-class Worker:
-    """Consumes one queue with ``concurrency`` handler threads.
+class LogObserver:
+    """One line per finished message (at its outcome's level, never the body), and one per settle failure."""
 
-    At most ``concurrency + prefetch`` messages are held at once, whatever the backlog.
+    def on_event(self, event: LifecycleEvent) -> None:
+        """Log the transitions worth a line."""
+        if event.kind is EventKind.FINISHED and event.result is not None:
+            log_result(event.result)
+        elif event.kind is EventKind.SETTLE_FAILED:
+            logger.warning("Message %r not settled (%s); it will be redelivered", event.message_id, event.detail)
+
+
+class Worker:
+    """Consumes one queue with up to ``concurrency`` handlers running at once.
+
+    At most ``concurrency + prefetch`` messages are held (received and not yet settled), whatever the backlog.
 
     Parameters:
         consumer: the queue's consumer.
-        dispatcher: calls handlers and applies outcomes.
-        concurrency: handler threads.
-        prefetch: messages received ahead of free handler threads (default 10, one receive batch).
-        grace_period_s: on stop, how long in-flight handlers may take to finish.
-        max_transport_backoff_s: cap of the pause between failed receives.
+        dispatcher: calls handlers and decides outcomes.
+        concurrency: handlers running at once (sync handlers on as many threads, async ones on the loop).
+        prefetch: messages held beyond the running ones (default: 10 per receiver).
+        receivers: receives in flight at once (default: :func:`default_receivers`).
+        grace_period_s: from the stop, how long running handlers may take to finish.
+        max_transport_backoff_s: cap of the pause before a failed activity is restarted.
         heartbeat_fraction: extend a held message's visibility each time this fraction of the queue's
-            visibility timeout has passed, until its handler finishes (0 disables the heartbeat).
+            visibility timeout has passed, until it is settled (0 disables the heartbeat).
+        max_hold_s: the longest a message is held under the heartbeat (SQS's limit is 12 h).
+        settle_in_flight: settle batch calls in flight at once (default: two per receiver, at least 4).
+        observers: receive every lifecycle event (besides the worker's own stats and log lines).
     """
 
     def __init__(
@@ -87,54 +135,128 @@ class Worker:
         dispatcher: SQSMessageDispatcher,
         concurrency: int = 1,
         prefetch: int | None = None,
+        receivers: int | None = None,
         grace_period_s: float = 30.0,
         max_transport_backoff_s: float = 20.0,
         heartbeat_fraction: float = 0.5,
+        max_hold_s: float = SQS_MAX_HOLD_S,
+        settle_in_flight: int | None = None,
+        observers: Iterable[LifecycleObserver] = (),
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
         self.concurrency = max(1, concurrency)
-        self.capacity = self.concurrency + (prefetch if prefetch is not None else 10)
+        self.receivers = max(1, receivers or default_receivers(self.concurrency))
+        self.prefetch = max(0, prefetch if prefetch is not None else MAX_BATCH * self.receivers)
+        self.capacity = self.concurrency + self.prefetch
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
         self.heartbeat_fraction = heartbeat_fraction
+        self.max_hold_s = max_hold_s
+        self.settle_in_flight = settle_in_flight or max(4, 2 * self.receivers)
         self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
+        self.observers = Observers([self.stats, LogObserver(), *observers])
         self._stopping = threading.Event()
-        self._stopped = threading.Event()
-        self._queue: queue.Queue[SQSMessage | None] = queue.Queue()
-        self._outstanding = 0
+        self._stop_at = 0.0
         self._cond = threading.Condition()
-        self._acker: BatchAcker | None = None
-        self._threads: list[threading.Thread] = []
+        self._held = 0
+        self._idle = False
         self._max_attempts: int | None = None
+        self._supervisor: Supervisor | None = None
+        self._settler: Settler | None = None
+        self._pool: DaemonThreadPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._waiting: deque[Tracked] = deque()
+        self._running: set[Tracked] = set()
+        self._busy_groups: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped_loop = False
+
+    @staticmethod
+    def connections_for(concurrency: int, receivers: int | None = None) -> int:
+        """Connections a worker may use at once: handlers, receives, settle batches, the heartbeat."""
+        receivers = receivers or default_receivers(concurrency)
+        return concurrency + receivers + max(4, 2 * receivers) + 2
+
+    @property
+    def held(self) -> int:
+        """Messages received and not yet settled (plus receive slots reserved)."""
+        with self._cond:
+            return self._held
+
+    @property
+    def activities_down(self) -> set[str]:
+        """The background activities that are down (failed and waiting to be restarted)."""
+        down = set(self._supervisor.down) if self._supervisor is not None else set()
+        if self._loop_thread is not None and not self._loop_thread.is_alive() and not self._stopped_loop:
+            down.add("scheduler")
+        return down
+
+    @property
+    def healthy(self) -> bool:
+        """False while a background activity is down; what a health endpoint reports."""
+        return not self.activities_down
 
     def start(self) -> None:
-        """Read the queue's settings (waiting while the endpoint is unreachable), then start the poller,
-        the heartbeat and the handler threads.
+        """Read the queue's settings (waiting while the endpoint is unreachable), then start receiving.
 
         Raises:
             QueueNotFoundError: the queue does not exist.
             TransportError: the queue refused the call (e.g. access denied).
+            ConfigurationError: the client's read timeout does not exceed the long-poll wait.
         """
         queue_info = self._wait_for_queue_info()
         if queue_info is None:
             return
+        self._check_client()
         self._max_attempts = queue_info.max_receive_count
+        supervisor = self._supervisor = Supervisor(
+            queue_url=self.consumer.queue_url, observers=self.observers, max_backoff_s=self.max_transport_backoff_s
+        )
         self.heartbeat = VisibilityHeartbeat(
-            consumer=self.consumer,
+            transport=self.consumer.transport,
             visibility_timeout_seconds=queue_info.visibility_timeout_seconds,
             fraction=self.heartbeat_fraction,
+            max_hold_s=self.max_hold_s,
         )
-        self.heartbeat.start()
-        self._acker = BatchAcker(self.consumer)
-        self._threads = [threading.Thread(target=self._poll, name="microbus-poller", daemon=True)]
-        self._threads += [
-            threading.Thread(target=self._work, name=f"microbus-worker-{i}", daemon=True)
-            for i in range(self.concurrency)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._settler = Settler(
+            transport=self.consumer.transport,
+            dead_letters=self.consumer.dead_letter_transport(),
+            done=self._settled,
+            supervisor=supervisor,
+            max_in_flight=self.settle_in_flight,
+        )
+        self._pool = DaemonThreadPool(self.concurrency, name="microbus-handler")
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="microbus-scheduler", daemon=True)
+        self._loop_thread.start()
+        self.heartbeat.start(supervisor)
+        for index in range(self.receivers):
+            name = "receiving" if index == 0 else f"receiving-{index + 1}"
+            supervisor.start(name, functools.partial(self._receive_step, index))
+
+    def _check_client(self) -> None:
+        config = getattr(getattr(getattr(self.consumer.transport, "client", None), "meta", None), "config", None)
+        if config is None:
+            return
+        read_timeout = getattr(config, "read_timeout", None)
+        wait = self.consumer.wait_seconds
+        if isinstance(read_timeout, int | float) and read_timeout <= wait + 1:
+            raise ConfigurationError(
+                f"The SQS read timeout ({read_timeout:g}s, aws.read_timeout_s) must exceed the long-poll wait "
+                f"({wait}s, --wait-seconds) by more than a second: raise the timeout or shorten the wait."
+            )
+        pool = getattr(config, "max_pool_connections", None)
+        needed = self.connections_for(self.concurrency, self.receivers)
+        if isinstance(pool, int) and pool < needed:
+            logger.warning(
+                "The SQS client's connection pool (%d) is smaller than the %d connections this worker may use "
+                "at once: raise aws.max_pool_connections",
+                pool,
+                needed,
+            )
 
     def _wait_for_queue_info(self) -> QueueInfo | None:
         """The queue's settings; while the endpoint is unreachable or failing, wait for it (None if stopped)."""
@@ -154,10 +276,14 @@ class Worker:
         return None
 
     def stop(self) -> None:
-        """Ask the worker to stop receiving; :meth:`join` finishes the shutdown."""
+        """Stop receiving and return the unstarted messages at once; :meth:`join` finishes the shutdown."""
+        if self._stopping.is_set():
+            return
+        self._stop_at = time.monotonic()
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+        self._call_soon(self._release_waiting)
 
     @property
     def stopping(self) -> bool:
@@ -165,123 +291,283 @@ class Worker:
         return self._stopping.is_set()
 
     def join(self) -> None:
-        """Wait for the stop, then shut down in order: poller, handlers (within the grace period),
-        heartbeat, return unstarted messages at once, flush acks."""
+        """Wait for the stop, then shut down: running handlers get the grace period (counted from the
+        stop), what they leave is settled, and every background activity ends. Every wait is bounded."""
         self._stopping.wait()
-        if not self._threads:  # stopped before it started
-            self._stopped.set()
+        if self._supervisor is None or self._settler is None:  # stopped before it started
             return
-        poller, workers = self._threads[0], self._threads[1:]
-        poller.join(self.consumer.wait_seconds + 35)
-        for _ in workers:
-            self._queue.put(None)
-        deadline = time.monotonic() + self.grace_period_s
-        for thread in workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        unfinished = sum(thread.is_alive() for thread in workers)
-        if unfinished:
-            logger.warning("%d handlers still running after the %.0fs grace period", unfinished, self.grace_period_s)
+        deadline = self._stop_at + self.grace_period_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._running:
+            logger.warning(
+                "%d handlers still running after the %.0fs grace period; their messages will be redelivered",
+                len(self._running),
+                self.grace_period_s,
+            )
+        self._settler.close(max(5.0, deadline - time.monotonic()))
+        if self.stats.released:
+            logger.info("Returned %d unstarted messages to the queue", self.stats.released)
         assert self.heartbeat is not None
         self.heartbeat.stop()
-        self._release_unstarted()
-        assert self._acker is not None
-        self._acker.close(max(5.0, deadline - time.monotonic()))  # an unreachable SQS must not hold the exit
-        self._stopped.set()
+        self._supervisor.stop()
+        self._stopped_loop = True
+        self._call_soon(self._shut_loop)
+        if self._loop_thread is not None:
+            self._loop_thread.join(2.0)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:
         """Start, stop on SIGTERM/SIGINT (a second signal exits at once), and shut down gracefully."""
-        self._install_signal_handlers()
+        install_signal_handlers([self])
         self.start()
         self.join()
 
-    def _install_signal_handlers(self) -> None:
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self.stopping:
-                logger.warning("Second signal: exiting at once")
-                raise SystemExit(1)
-            logger.info("Received %s: stopping", signal.Signals(signum).name)
-            self.stop()
+    # Receiving (supervised activities, one per receiver)
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, on_signal)
-
-    def _free_slots(self) -> int:
-        """Wait until a full receive batch fits (or the prefetch, when smaller); return the free slots.
-
-        Receiving only when a batch fits keeps receives large: a worker that always has one free
-        slot would otherwise receive one message per call.
-        """
-        wanted = max(1, min(MAX_BATCH, self.capacity - self.concurrency))
+    def _receive_step(self, index: int) -> None:
+        assert self._supervisor is not None
+        if self.stopping:
+            self._supervisor.wait(1.0)
+            return
+        if index and self._wait_while_idle():
+            return
+        reserved = self._reserve(max(1, min(MAX_BATCH, self.prefetch)))
+        if not reserved:
+            return
+        started = time.monotonic()
+        try:
+            messages = self.consumer.consume(limit=reserved)
+        except BaseException:
+            self._unreserve(reserved)
+            raise
+        self._unreserve(reserved - len(messages))
         with self._cond:
-            self._cond.wait_for(lambda: self.capacity - self._outstanding >= wanted or self.stopping, timeout=1.0)
-            return self.capacity - self._outstanding if self.capacity - self._outstanding >= wanted else 0
-
-    def _poll(self) -> None:
-        failures = 0
-        while not self.stopping:
-            slots = self._free_slots()
-            if self.stopping or slots <= 0:
-                continue
-            try:
-                messages = self.consumer.consume(limit=min(10, slots))
-            except Exception as exc:  # transport faults, and bugs: the poller must never die
-                if failures == 0:
-                    _log_receive_failure(exc)
-                failures += 1
-                self._stopping.wait(transport_backoff_s(failures, max_s=self.max_transport_backoff_s))
-                continue
-            if failures:
-                logger.info("Receive recovered after %d failed attempts", failures)
-            failures = 0
-            self._enqueue(messages)
-
-    def _enqueue(self, messages: list[SQSMessage]) -> None:
-        with self._cond:
-            self._outstanding += len(messages)
-        self.stats.received += len(messages)
-        assert self.heartbeat is not None
+            self._idle = not messages
+            self._cond.notify_all()
+        if not messages and time.monotonic() - started < _IDLE_PAUSE_S:
+            self._stopping.wait(_IDLE_PAUSE_S)
         for message in messages:
-            self.heartbeat.track(message)
-            self._queue.put(message)
+            self._admit(message)
 
-    def _work(self) -> None:
-        assert self._acker is not None and self.heartbeat is not None
-        while (message := self._queue.get()) is not None:
-            if self.stopping:
-                self._queue.put(message)
-                break
-            try:
-                try:
-                    result = self.dispatcher.handle(message, max_attempts=self._max_attempts)
-                finally:  # never keep extending a message whose handling ended, however it ended
-                    self.heartbeat.untrack(message)
-                self.dispatcher.apply(result, message, consumer=self.consumer, ack=self._acker.ack)
-                self.stats.count(result)
-            except Exception:
-                logger.exception("Unexpected error on message %r; it will be redelivered", message.message_id)
-            finally:
-                self._done(1)
-
-    def _done(self, count: int) -> None:
+    def _wait_while_idle(self) -> bool:
+        """Extra receivers rest while the queue looks empty (the first one keeps polling); True if rested."""
         with self._cond:
-            self._outstanding -= count
+            if not self._idle:
+                return False
+            self._cond.wait_for(lambda: not self._idle or self.stopping, timeout=1.0)
+            return True
+
+    def _reserve(self, wanted: int) -> int:
+        """Wait (≤ 1 s) until ``wanted`` messages fit under the capacity; reserve and return the free slots."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.capacity - self._held >= wanted or self.stopping, timeout=1.0)
+            free = self.capacity - self._held
+            if self.stopping or free < wanted:
+                return 0
+            slots = min(MAX_BATCH, free)
+            self._held += slots
+            return slots
+
+    def _unreserve(self, count: int) -> None:
+        if count:
+            with self._cond:
+                self._held -= count
+                self._cond.notify_all()
+
+    def _admit(self, message: SQSMessage) -> None:
+        tracked = Tracked(message)
+        self.observers.emit(tracked.event(EventKind.RECEIVED, self.consumer.queue_url))
+        assert self.heartbeat is not None
+        self.heartbeat.track(tracked)
+        if self.stopping or not self._call_soon(self._enqueue, tracked):
+            self._release(tracked)
+
+    # Scheduling (on the loop's thread)
+
+    def _run_loop(self) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        except BaseException:
+            logger.exception("The scheduler's event loop failed")
+        finally:
+            self._loop.close()
+
+    def _call_soon(self, callback: object, *args: object) -> bool:
+        """Run ``callback(*args)`` on the loop's thread; False when the loop is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+        except RuntimeError:  # closed in between
+            return False
+        return True
+
+    def _shut_loop(self) -> None:
+        assert self._loop is not None
+        for task in self._tasks:
+            task.cancel()
+        self._loop.stop()
+
+    def _enqueue(self, tracked: Tracked) -> None:
+        if self.stopping:
+            self._release(tracked)
+            return
+        tracked.advance(MessageState.WAITING)
+        self._waiting.append(tracked)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start waiting messages while fewer than ``concurrency`` run; one at a time per FIFO group, in order."""
+        while len(self._running) < self.concurrency and self._waiting and not self.stopping:
+            picked = next((t for t in self._waiting if t.group is None or t.group not in self._busy_groups), None)
+            if picked is None:
+                return
+            self._waiting.remove(picked)
+            self._start(picked)
+
+    def _start(self, tracked: Tracked) -> None:
+        assert self._loop is not None and self._pool is not None
+        tracked.advance(MessageState.RUNNING)
+        self._running.add(tracked)
+        if tracked.group is not None:
+            self._busy_groups.add(tracked.group)
+        self.observers.emit(tracked.event(EventKind.STARTED, self.consumer.queue_url))
+        if self.dispatcher.is_async(tracked.message):
+            task = self._loop.create_task(self._run_async(tracked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            future = self._loop.run_in_executor(self._pool, self._run_sync, tracked)
+            future.add_done_callback(functools.partial(self._sync_done, tracked))
+
+    def _run_sync(self, tracked: Tracked) -> Result:
+        try:
+            return self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
+        except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
+            logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
+            return _runtime_error(tracked.message, exc)
+
+    def _sync_done(self, tracked: Tracked, future: Future[Result] | asyncio.Future[Result]) -> None:
+        if future.cancelled():
+            result = _runtime_error(tracked.message, asyncio.CancelledError())
+        else:
+            error = future.exception()
+            result = future.result() if error is None else _runtime_error(tracked.message, error)
+        self._finished(tracked, result)
+
+    async def _run_async(self, tracked: Tracked) -> None:
+        try:
+            result = await self.dispatcher.handle_async(tracked.message, max_attempts=self._max_attempts)
+        except BaseException as exc:  # noqa: B036 - cancelled at shutdown, or a bug: the message is retried
+            result = _runtime_error(tracked.message, exc)
+        self._finished(tracked, result)
+
+    def _finished(self, tracked: Tracked, result: Result) -> None:
+        self._running.discard(tracked)
+        tracked.result = result
+        self.observers.emit(
+            tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
+        )
+        if tracked.group is not None:
+            self._busy_groups.discard(tracked.group)
+            if result.outcome.action is Action.RETRY:
+                self._release_group(tracked.group)
+        tracked.advance(MessageState.SETTLING)
+        self._settle(tracked, result)
+        self._pump()
+
+    def _release_group(self, group: str) -> None:
+        """After a failure in a FIFO group, return its later messages unstarted, so order holds on the retry."""
+        later = [t for t in self._waiting if t.group == group]
+        for tracked in later:
+            self._waiting.remove(tracked)
+            self._release(tracked)
+
+    def _release_waiting(self) -> None:
+        while self._waiting:
+            self._release(self._waiting.popleft())
+
+    # Settling
+
+    def _settle(self, tracked: Tracked, result: Result) -> None:
+        assert self._settler is not None
+        message = tracked.message
+        action = result.outcome.action
+        if action is Action.DEAD_LETTER:
+            if self._settler.dead_letters is not None:
+                copy = self.consumer.dead_letter_copy(
+                    message, reason=result.reason or "rejected", error=result.error, source=self.dispatcher.source
+                )
+                self._settler.dead_letter(tracked, copy)
+                return
+            action, delay = self.dispatcher.without_dead_letter_queue(result, message)
+            result.retry_after_s = delay
+        if action is Action.ACK:
+            self._settler.delete(tracked)
+            return
+        if result.retry_after_s is None:  # a runtime error, not a handler outcome: the backoff all the same
+            result.retry_after_s = self.dispatcher.retry_policy.backoff(message.approximate_receive_count)
+        self._settler.change_visibility(tracked, result.retry_after_s)
+
+    def _release(self, tracked: Tracked) -> None:
+        """Return a received, unstarted message to the queue at once (visibility 0)."""
+        tracked.advance(MessageState.SETTLING)
+        settler = self._settler
+        if settler is not None and not settler.closed:
+            settler.change_visibility(tracked, 0, EventKind.RELEASED)
+            return
+        try:  # after the shutdown's settling: return it directly
+            failures = self.consumer.transport.change_visibility_entries([(tracked.message.receipt_handle, 0)])
+        except Exception as exc:
+            self._settled(tracked, EventKind.SETTLE_FAILED, f"release failed: {exc}")
+            return
+        failure = failures.get(tracked.message.receipt_handle)
+        if failure is None:
+            self._settled(tracked, EventKind.RELEASED, None)
+        else:
+            self._settled(tracked, EventKind.SETTLE_FAILED, f"release refused: {failure.code}")
+
+    def _settled(self, tracked: Tracked, kind: EventKind, detail: str | None) -> None:
+        """The end of a message's lifecycle, called once (from the settling threads)."""
+        if not tracked.advance(MessageState.SETTLED):
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.untrack(tracked)
+        self.observers.emit(tracked.event(kind, self.consumer.queue_url, detail=detail))
+        with self._cond:
+            self._held -= 1
             self._cond.notify_all()
 
-    def _release_unstarted(self) -> None:
-        unstarted: list[SQSMessage] = []
-        while True:
-            try:
-                message = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if message is not None:
-                unstarted.append(message)
-        if not unstarted:
-            return
-        try:
-            self.consumer.release(unstarted)
-        except TransportError as exc:
-            logger.warning("Could not return %d unstarted messages: %s", len(unstarted), exc)
-        self.stats.released += len(unstarted)
-        self._done(len(unstarted))
-        logger.info("Returned %d unstarted messages to the queue", len(unstarted))
+
+def _runtime_error(message: SQSMessage, error: BaseException) -> Result:
+    return Result(
+        Outcome.FAILED,
+        message.media_type,
+        message.message_id,
+        message.approximate_receive_count,
+        reason="runtime-error",
+        error=error,
+    )
+
+
+def install_signal_handlers(workers: Iterable[Worker]) -> None:
+    """SIGTERM/SIGINT stop every worker; a second signal exits at once with status 1."""
+    targets = list(workers)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            logger.warning("Second signal: exiting at once")
+            raise SystemExit(1)
+        stopping.set()
+        logger.info("Received %s: stopping", signal.Signals(signum).name)
+        for worker in targets:
+            worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from microbus.consume.consumer import SQSConsumer
+from microbus.errors import TransportError
 from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import EntryFailure, OutgoingMessage
 
 _ids = itertools.count(1)
+_STALE = EntryFailure("ReceiptHandleIsInvalid", "The receipt handle is not valid (stale or deleted)", sender_fault=True)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class StubQueue:
         return stored if stored is not None and stored.receipt_handle == receipt_handle else None
 
     def delete_batch(self, receipt_handles: Sequence[str]) -> list[str]:
-        failed = []
+        failed: list[str] = []
         with self._lock:
             for handle in receipt_handles:
                 stored = self._find(handle)
@@ -103,11 +106,17 @@ class StubQueue:
                     self.deleted.append(stored.message_id)
         return failed
 
+    def delete_entries(self, receipt_handles: Sequence[str]) -> dict[str, EntryFailure]:
+        """Through :meth:`delete_batch` (a test may override either); a failed handle is a stale one."""
+        return {handle: _STALE for handle in self.delete_batch(receipt_handles)}
+
     def change_visibility(self, receipt_handle: str, visibility_timeout_seconds: int) -> None:
-        self.change_visibility_batch([(receipt_handle, visibility_timeout_seconds)])
+        failure = self.change_visibility_entries([(receipt_handle, visibility_timeout_seconds)]).get(receipt_handle)
+        if failure is not None:
+            raise TransportError(f"{self.queue_url}: {failure.code}")
 
     def change_visibility_batch(self, changes: Sequence[tuple[str, int]]) -> list[str]:
-        failed = []
+        failed: list[str] = []
         with self._lock:
             for handle, seconds in changes:
                 stored = self._find(handle)
@@ -117,9 +126,18 @@ class StubQueue:
                     stored.visible_at = time.time() + seconds
         return failed
 
+    def change_visibility_entries(self, changes: Sequence[tuple[str, int]]) -> dict[str, EntryFailure]:
+        """Through :meth:`change_visibility_batch` (a test may override either)."""
+        return {handle: _STALE for handle in self.change_visibility_batch(changes)}
+
     def send(self, body: str, message_attributes: dict[str, Any] | None = None, **fifo: str | None) -> str:
         self.dead_letters.append((body, message_attributes or {}))
         return f"stub-dlq-{len(self.dead_letters)}"
+
+    def send_entries(self, messages: Sequence[OutgoingMessage]) -> dict[str, EntryFailure]:
+        for message in messages:
+            self.send(message.body, message.attributes)
+        return {}
 
     def get_attributes(self) -> dict[str, str]:
         attributes = {"VisibilityTimeout": str(self.visibility_timeout_s)}

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
 
 MAX_BATCH = 10
+MAX_BATCH_BYTES = 262_144
+"""Largest total payload of one SendMessageBatch this module sends (SQS's classic limit)."""
 _QUEUE_MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _TOPIC_MISSING = {"NotFound", "NotFoundException"}
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException"}
@@ -56,6 +58,7 @@ class AWSSettings:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_attempts: int = 3
+    max_pool_connections: int = 10
 
     @classmethod
     def from_config(cls, config: Any) -> AWSSettings:
@@ -69,6 +72,7 @@ class AWSSettings:
             connect_timeout_s=float(config.connect_timeout_s),
             read_timeout_s=float(config.read_timeout_s),
             max_attempts=int(config.max_attempts),
+            max_pool_connections=int(config.max_pool_connections),
         )
 
     def client(self, service: str) -> Any:
@@ -81,6 +85,7 @@ class AWSSettings:
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
             retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            max_pool_connections=self.max_pool_connections,
         )
         try:
             session = boto3.session.Session(
@@ -137,6 +142,52 @@ def _from_client_error(exc: ClientError, what: str) -> TransportError:
     return TransportError(f"{what} failed ({code}): {text}")
 
 
+@dataclass(frozen=True)
+class EntryFailure:
+    """One entry of a batch call that SQS refused.
+
+    ``sender_fault`` True means the entry itself is wrong (e.g. a stale receipt handle) and retrying it
+    will not help; False means SQS failed it and it may be retried.
+    """
+
+    code: str
+    message: str
+    sender_fault: bool
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to send in a batch; ``key`` identifies it in the returned failures."""
+
+    key: str
+    body: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    group_id: str | None = None
+    deduplication_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes this message counts toward a batch's payload (body and attributes)."""
+        size = len(self.body.encode("utf-8", "surrogatepass"))
+        for name, value in self.attributes.items():
+            size += len(name.encode("utf-8", "surrogatepass")) + len(str(value.get("DataType", "")))
+            size += len(str(value.get("StringValue", "")).encode("utf-8", "surrogatepass"))
+        return size
+
+
+def _failures(response: dict[str, Any], keys: list[str]) -> dict[str, EntryFailure]:
+    """The ``Failed`` entries of a batch response, by the caller's key of each entry."""
+    failures: dict[str, EntryFailure] = {}
+    for entry in response.get("Failed", []):
+        key = keys[int(entry["Id"])]
+        failures[key] = EntryFailure(
+            code=str(entry.get("Code", "")),
+            message=str(entry.get("Message", ""))[:200],
+            sender_fault=bool(entry.get("SenderFault", False)),
+        )
+    return failures
+
+
 class SQSTransport:
     """Receive, delete, change visibility and send on one SQS queue."""
 
@@ -170,12 +221,15 @@ class SQSTransport:
         """Delete messages in batches of 10; return the receipt handles that could not be deleted."""
         failed: list[str] = []
         for start in range(0, len(receipt_handles), MAX_BATCH):
-            chunk = receipt_handles[start : start + MAX_BATCH]
-            entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(chunk)]
-            with translate_errors(self._what):
-                response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
-            failed.extend(chunk[int(entry["Id"])] for entry in response.get("Failed", []))
+            failed.extend(self.delete_entries(receipt_handles[start : start + MAX_BATCH]))
         return failed
+
+    def delete_entries(self, receipt_handles: Sequence[str]) -> dict[str, EntryFailure]:
+        """Delete up to 10 messages in one call; return the failed entries by receipt handle."""
+        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(receipt_handles)]
+        with translate_errors(self._what):
+            response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        return _failures(response, list(receipt_handles))
 
     def change_visibility(self, receipt_handle: str, visibility_timeout_seconds: int) -> None:
         """Make a message visible again after ``visibility_timeout_seconds`` (0: at once)."""
@@ -190,15 +244,34 @@ class SQSTransport:
         """Change the visibility of many messages; return the receipt handles that failed."""
         failed: list[str] = []
         for start in range(0, len(changes), MAX_BATCH):
-            chunk = changes[start : start + MAX_BATCH]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
-                for i, (handle, seconds) in enumerate(chunk)
-            ]
-            with translate_errors(self._what):
-                response = self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
-            failed.extend(chunk[int(entry["Id"])][0] for entry in response.get("Failed", []))
+            failed.extend(self.change_visibility_entries(changes[start : start + MAX_BATCH]))
         return failed
+
+    def change_visibility_entries(self, changes: Sequence[tuple[str, int]]) -> dict[str, EntryFailure]:
+        """Change the visibility of up to 10 messages in one call; return the failed entries by receipt handle."""
+        entries = [
+            {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+            for i, (handle, seconds) in enumerate(changes)
+        ]
+        with translate_errors(self._what):
+            response = self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+        return _failures(response, [handle for handle, _ in changes])
+
+    def send_entries(self, messages: Sequence[OutgoingMessage]) -> dict[str, EntryFailure]:
+        """Send up to 10 messages (at most :data:`MAX_BATCH_BYTES` in all) in one call; return failures by key."""
+        entries = []
+        for i, message in enumerate(messages):
+            entry: dict[str, Any] = {"Id": str(i), "MessageBody": message.body}
+            if message.attributes:
+                entry["MessageAttributes"] = message.attributes
+            if message.group_id is not None:
+                entry["MessageGroupId"] = message.group_id
+            if message.deduplication_id is not None:
+                entry["MessageDeduplicationId"] = message.deduplication_id
+            entries.append(entry)
+        with translate_errors(self._what):
+            response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        return _failures(response, [message.key for message in messages])
 
     def send(
         self,
@@ -240,23 +313,49 @@ class SQSTransport:
 
 
 class SNSTransport:
-    """Publish to SNS topics, one message or batches of 10."""
+    """Publish to SNS topics, one message or batches of 10; read a topic's attributes."""
 
     def __init__(self, *, client: Any) -> None:
         self.client = client
 
-    def publish(self, topic_arn: str, message: str, message_attributes: dict[str, Any]) -> str:
-        """Publish one message; return its message id."""
+    def publish(
+        self,
+        topic_arn: str,
+        message: str,
+        message_attributes: dict[str, Any],
+        *,
+        message_group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """Publish one message (a FIFO topic needs ``message_group_id``); return its message id."""
+        fifo = self._fifo_parameters(message_group_id, deduplication_id)
         with translate_errors(f"SNS topic {topic_arn}"):
-            response = self.client.publish(TopicArn=topic_arn, Message=message, MessageAttributes=message_attributes)
+            response = self.client.publish(
+                TopicArn=topic_arn, Message=message, MessageAttributes=message_attributes, **fifo
+            )
         return str(response["MessageId"])
 
     def publish_batch(
-        self, topic_arn: str, entries: Sequence[tuple[str, dict[str, Any]]]
+        self,
+        topic_arn: str,
+        entries: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        message_group_ids: Sequence[str | None] | None = None,
+        deduplication_ids: Sequence[str | None] | None = None,
     ) -> tuple[list[str | None], dict[int, str]]:
-        """Publish up to 10 messages; return the message ids (None where failed) and failures by index."""
+        """Publish up to 10 messages; return the message ids (None where failed) and failures by index.
+
+        ``message_group_ids`` and ``deduplication_ids`` (FIFO topics) run parallel to ``entries``.
+        """
+        group_ids = list(message_group_ids or [None] * len(entries))
+        dedup_ids = list(deduplication_ids or [None] * len(entries))
         request = [
-            {"Id": str(i), "Message": message, "MessageAttributes": attributes}
+            {
+                "Id": str(i),
+                "Message": message,
+                "MessageAttributes": attributes,
+                **self._fifo_parameters(group_ids[i], dedup_ids[i]),
+            }
             for i, (message, attributes) in enumerate(entries)
         ]
         with translate_errors(f"SNS topic {topic_arn}"):
@@ -270,6 +369,21 @@ class SNSTransport:
         }
         return ids, failed
 
+    def topic_attributes(self, topic_arn: str) -> dict[str, str]:
+        """The attributes of a topic (``FifoTopic``, ``ContentBasedDeduplication`` …)."""
+        with translate_errors(f"SNS topic {topic_arn}"):
+            response = self.client.get_topic_attributes(TopicArn=topic_arn)
+        return {str(key): str(value) for key, value in response.get("Attributes", {}).items()}
+
+    @staticmethod
+    def _fifo_parameters(message_group_id: str | None, deduplication_id: str | None) -> dict[str, str]:
+        parameters = {}
+        if message_group_id is not None:
+            parameters["MessageGroupId"] = message_group_id
+        if deduplication_id is not None:
+            parameters["MessageDeduplicationId"] = deduplication_id
+        return parameters
+
 
 @defaults(
     endpoint_url=None,
@@ -280,12 +394,14 @@ class SNSTransport:
     connect_timeout_s=5.0,
     read_timeout_s=30.0,
     max_attempts=3,
+    max_pool_connections=10,
 )
 def configure_aws(graph: ObjectGraph) -> AWSSettings:
     """microcosm factory: ``graph.aws``, the settings every client is built from.
 
     ``endpoint_url`` None means real AWS (boto3 also honours ``AWS_ENDPOINT_URL``). ``read_timeout_s`` must
-    exceed the consumer's long-poll wait; ``max_attempts`` counts botocore's own tries per call.
+    exceed the consumer's long-poll wait; ``max_attempts`` counts botocore's own tries per call;
+    ``max_pool_connections`` bounds the connections of one client (a daemon raises it to fit its concurrency).
     """
     return AWSSettings.from_config(graph.config.aws)
 

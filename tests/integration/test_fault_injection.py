@@ -210,8 +210,8 @@ def test_the_daemon_rides_out_a_ten_second_outage(make_queue, daemons, ledger, m
     assert all(re.search(r"Cannot reach|failed transiently", error) for error in errors), errors
     # And the daemon logged the outage once per state change, not once per attempt
     log = daemon.log_text()
-    assert 1 <= log.count("Receive failing") <= 3
-    assert log.count("Receive recovered") == log.count("Receive failing")
+    assert 1 <= log.count("receiving failing") <= 3
+    assert log.count("receiving recovered") == log.count("receiving failing")
     assert "Traceback" not in log
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0

@@ -11,13 +11,29 @@ from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.consume.heartbeat import Lease, VisibilityHeartbeat, due_for_extension, extension_s, seconds_until_due
+from microbus.consume.lifecycle import Observers, Tracked
+from microbus.consume.message import SQSMessage
+from microbus.consume.supervision import Supervisor
 from microbus.errors import EndpointUnreachableError
 from microbus.testing import StubQueue, wait_for
 from schemas import OrderPlaced
 
 
 def lease(visible_until: float, held_since: float = 0.0) -> Lease:
-    return Lease("handle", "id", held_since, visible_until)
+    return Lease(Tracked(SQSMessage(None, "id", "handle", "{}")), held_since, visible_until)
+
+
+def started(stub: StubQueue, **options) -> tuple[VisibilityHeartbeat, Supervisor]:
+    heartbeat = VisibilityHeartbeat(transport=stub, visibility_timeout_seconds=1, fraction=0.5, **options)
+    supervisor = Supervisor(queue_url=stub.queue_url, observers=Observers())
+    heartbeat.start(supervisor)
+    return heartbeat, supervisor
+
+
+def stopped(heartbeat: VisibilityHeartbeat, supervisor: Supervisor) -> None:
+    heartbeat.stop()
+    supervisor.stop()
+    assert supervisor.join(2.0) == []
 
 
 def test_a_lease_is_due_once_the_fraction_of_the_timeout_has_passed():
@@ -44,19 +60,17 @@ def test_extensions_stop_at_the_maximum_hold():
     assert extension_s(held, now=100.0, visibility_timeout_s=30, max_hold_s=100) <= 0
 
 
-def received(stub: StubQueue):
-    consumer = stub.consumer()
-    (message,) = consumer.consume()
-    return consumer, message
+def received(stub: StubQueue) -> Tracked:
+    (message,) = stub.consumer().consume()
+    return Tracked(message)
 
 
 def test_a_tracked_message_stays_invisible_until_untracked():
     # Given a stub queue with a 1 s visibility timeout and one received message
     stub = StubQueue(visibility_timeout_s=1)
     stub.put({"mediaType": "x"})
-    consumer, message = received(stub)
-    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
-    heartbeat.start()
+    message = received(stub)
+    heartbeat, supervisor = started(stub)
     try:
         # When it is tracked for 2.5 timeouts
         heartbeat.track(message)
@@ -69,19 +83,18 @@ def test_a_tracked_message_stays_invisible_until_untracked():
         # And once untracked it becomes visible within the timeout
         heartbeat.untrack(message)
         redelivered = wait_for(lambda: stub.receive(max_messages=10, wait_time_seconds=0), timeout_s=2.0)
-        assert redelivered[0]["MessageId"] == message.message_id
+        assert redelivered[0]["MessageId"] == message.message.message_id
     finally:
-        heartbeat.stop()
+        stopped(heartbeat, supervisor)
 
 
 def test_a_stopped_heartbeat_extends_nothing():
     stub = StubQueue(visibility_timeout_s=1)
     stub.put({"mediaType": "x"})
-    consumer, message = received(stub)
-    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
-    heartbeat.start()
+    message = received(stub)
+    heartbeat, supervisor = started(stub)
     heartbeat.track(message)
-    heartbeat.stop()
+    stopped(heartbeat, supervisor)
     # When the heartbeat stopped, the message comes back after its timeout
     assert wait_for(lambda: stub.receive(max_messages=10, wait_time_seconds=0), timeout_s=2.0)
     assert heartbeat.extensions == 0
@@ -89,7 +102,7 @@ def test_a_stopped_heartbeat_extends_nothing():
 
 
 def test_a_zero_fraction_disables_the_heartbeat():
-    heartbeat = VisibilityHeartbeat(consumer=StubQueue().consumer(), visibility_timeout_seconds=30, fraction=0.0)
+    heartbeat = VisibilityHeartbeat(transport=StubQueue(), visibility_timeout_seconds=30, fraction=0.0)
     assert not heartbeat.enabled
 
 
@@ -124,17 +137,16 @@ def test_a_message_whose_extension_is_refused_is_no_longer_tracked():
     # Given a tracked message whose receipt handle SQS refuses (e.g. it was deleted elsewhere)
     stub = StubQueue(visibility_timeout_s=1)
     stub.put({"mediaType": "x"})
-    consumer, message = received(stub)
-    stub.delete_batch([message.receipt_handle])
-    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
-    heartbeat.start()
+    message = received(stub)
+    stub.delete_batch([message.message.receipt_handle])
+    heartbeat, supervisor = started(stub)
     try:
         heartbeat.track(message)
         # Then after the first failed extension it is dropped
         wait_for(lambda: heartbeat.held == 0, timeout_s=3)
         assert heartbeat.extensions == 0
     finally:
-        heartbeat.stop()
+        stopped(heartbeat, supervisor)
 
 
 def test_extensions_that_cannot_reach_sqs_are_retried_and_logged_once(caplog):
@@ -144,23 +156,22 @@ def test_extensions_that_cannot_reach_sqs_are_retried_and_logged_once(caplog):
     class Flaky(StubQueue):
         failures = 3
 
-        def change_visibility_batch(self, changes):
+        def change_visibility_entries(self, changes):
             if self.failures:
                 self.failures -= 1
                 raise EndpointUnreachableError("Cannot reach the stub")
-            return super().change_visibility_batch(changes)
+            return super().change_visibility_entries(changes)
 
     stub = Flaky(visibility_timeout_s=1)
     stub.put({"mediaType": "x"})
-    consumer, message = received(stub)
-    heartbeat = VisibilityHeartbeat(consumer=consumer, visibility_timeout_seconds=1, fraction=0.5)
-    heartbeat.start()
+    message = received(stub)
+    heartbeat, supervisor = started(stub)
     try:
         heartbeat.track(message)
         # Then it keeps trying until an extension succeeds, logging the failure once and the recovery once
         wait_for(lambda: heartbeat.extensions >= 1, timeout_s=6)
     finally:
-        heartbeat.stop()
+        stopped(heartbeat, supervisor)
     assert stub.failures == 0
     assert [r.message.split(",")[0] for r in caplog.records if "extension" in r.message] == [
         "Visibility extension failing",

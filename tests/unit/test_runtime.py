@@ -22,9 +22,9 @@ class CountingQueue(StubQueue):
         super().__post_init__()
         self.delete_calls = []
 
-    def delete_batch(self, receipt_handles):
+    def delete_entries(self, receipt_handles):
         self.delete_calls.append(len(receipt_handles))
-        return super().delete_batch(receipt_handles)
+        return super().delete_entries(receipt_handles)
 
 
 def order(i):

@@ -1,0 +1,178 @@
+"""The message lifecycle: one state holder per received message, and the events observers receive.
+
+A message goes ``received → waiting → running → settling → settled``; a message that is returned to the
+queue unstarted goes ``waiting → settling → settled`` (released). Each transition is one
+:class:`LifecycleEvent`, delivered to every :class:`LifecycleObserver`; logs, counters and (later)
+metrics and traces are observers, never counters of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from microbus.consume.dispatch import Outcome, Result
+    from microbus.consume.message import SQSMessage
+
+logger = logging.getLogger(__name__)
+
+
+class MessageState(Enum):
+    """Where a received message is in its lifecycle."""
+
+    RECEIVED = "received"
+    WAITING = "waiting"
+    RUNNING = "running"
+    SETTLING = "settling"
+    SETTLED = "settled"
+
+
+class EventKind(Enum):
+    """The kinds of lifecycle events."""
+
+    RECEIVED = "received"
+    """Received from the queue (now held, under the heartbeat)."""
+    STARTED = "started"
+    """Its handler started."""
+    FINISHED = "finished"
+    """Its handler returned or raised; ``outcome`` says how."""
+    SETTLED = "settled"
+    """Deleted, or its retry visibility set, as SQS confirmed; no longer held."""
+    RELEASED = "released"
+    """Returned to the queue unstarted (visibility 0); no longer held."""
+    DEAD_LETTERED = "dead-lettered"
+    """Its copy is in the dead-letter queue and the original was deleted; no longer held."""
+    SETTLE_FAILED = "settle-failed"
+    """Settling was given up on (e.g. a stale receipt handle); the message will reappear. No longer held."""
+    ACTIVITY_DOWN = "activity-down"
+    """A background activity (``activity``) failed and is being restarted."""
+    ACTIVITY_UP = "activity-up"
+    """A background activity recovered."""
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """One transition of one message (or of one background activity).
+
+    ``at`` is ``time.monotonic()`` at the transition; ``elapsed_s`` the time since the message was received
+    (for ACTIVITY_UP: how long the activity was down).
+    """
+
+    kind: EventKind
+    queue_url: str
+    at: float
+    elapsed_s: float = 0.0
+    message_id: str | None = None
+    media_type: str | None = None
+    receive_count: int = 0
+    outcome: Outcome | None = None
+    result: Result | None = None
+    activity: str | None = None
+    error: BaseException | None = None
+    detail: str | None = None
+
+
+class LifecycleObserver(Protocol):
+    """Receives every lifecycle event; must be fast and must not raise (a raising observer is logged)."""
+
+    def on_event(self, event: LifecycleEvent) -> None:
+        """Called once per transition, from the thread that made it."""
+
+
+class Observers:
+    """Delivers each event to every observer; one that raises is logged (once per observer) and skipped."""
+
+    def __init__(self, observers: Iterable[LifecycleObserver] = ()) -> None:
+        self._observers = list(observers)
+        self._failed: set[int] = set()
+
+    def add(self, observer: LifecycleObserver) -> None:
+        """Add an observer."""
+        self._observers.append(observer)
+
+    def emit(self, event: LifecycleEvent) -> None:
+        """Deliver ``event``."""
+        for observer in self._observers:
+            try:
+                observer.on_event(event)
+            except Exception:
+                if id(observer) not in self._failed:
+                    self._failed.add(id(observer))
+                    logger.exception("Lifecycle observer %s failed (logged once)", type(observer).__name__)
+
+
+_ORDER = {
+    MessageState.RECEIVED: {MessageState.WAITING, MessageState.SETTLING},
+    MessageState.WAITING: {MessageState.RUNNING, MessageState.SETTLING},
+    MessageState.RUNNING: {MessageState.SETTLING},
+    MessageState.SETTLING: {MessageState.SETTLED},
+    MessageState.SETTLED: set(),
+}
+
+
+@dataclass(eq=False)
+class Tracked:
+    """The state holder of one received message; every transition goes through :meth:`advance`."""
+
+    message: SQSMessage
+    received_at: float = field(default_factory=time.monotonic)
+    state: MessageState = MessageState.RECEIVED
+    result: Result | None = None
+    _on_wire: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def group(self) -> str | None:
+        """The FIFO message group, if any."""
+        return self.message.message_group_id
+
+    def advance(self, to: MessageState) -> bool:
+        """Move to ``to``; False (and no change) when that is not a legal next state."""
+        with self._lock:
+            if to not in _ORDER[self.state]:
+                return False
+            self.state = to
+            return True
+
+    def claim_wire(self) -> bool:
+        """Claim the message for one visibility call; False while another one (heartbeat or settling) is out.
+
+        Two visibility calls for one message must not race: a heartbeat extension landing after a release
+        would hide the message again.
+        """
+        with self._lock:
+            if self._on_wire:
+                return False
+            self._on_wire = True
+            return True
+
+    def release_wire(self) -> None:
+        """End the claim of :meth:`claim_wire`."""
+        with self._lock:
+            self._on_wire = False
+
+    @property
+    def settled(self) -> bool:
+        """True once settled (however it ended)."""
+        return self.state is MessageState.SETTLED
+
+    def event(self, kind: EventKind, queue_url: str, **details: object) -> LifecycleEvent:
+        """An event about this message, timed now."""
+        now = time.monotonic()
+        message = self.message
+        return LifecycleEvent(
+            kind=kind,
+            queue_url=queue_url,
+            at=now,
+            elapsed_s=now - self.received_at,
+            message_id=message.message_id,
+            media_type=message.media_type,
+            receive_count=message.approximate_receive_count,
+            **details,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,338 @@
+"""Settling: deletes, visibility changes and dead-letter copies, batched by 10, several batches in flight.
+
+Nothing here sleeps in line: a batch that failed transiently is scheduled again after a backoff while other
+batches go on; an entry SQS refuses for good (a stale receipt handle) is given up at once. Each message is
+reported done exactly once, with how it ended (SETTLED, RELEASED, DEAD_LETTERED or SETTLE_FAILED): only then
+does it stop counting against the worker's capacity and leave the heartbeat.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from microbus.consume.lifecycle import EventKind, Observers, Tracked
+from microbus.consume.supervision import Supervisor
+from microbus.consume.threads import DaemonThreadPool
+from microbus.errors import TransportError
+from microbus.wire.transport import MAX_BATCH, MAX_BATCH_BYTES, EntryFailure, OutgoingMessage
+
+if TYPE_CHECKING:
+    from microbus.consume.consumer import SQSConsumer
+    from microbus.consume.message import SQSMessage
+    from microbus.wire.transport import SQSTransport
+
+logger = logging.getLogger(__name__)
+
+Done = Callable[[Tracked, EventKind, str | None], None]
+"""Called once per message when its settling ended: the message, how it ended, and why (for failures)."""
+
+
+class Step(Enum):
+    """One call that settling a message needs."""
+
+    DELETE = "delete"
+    VISIBILITY = "change visibility"
+    SEND = "dead-letter send"
+
+
+@dataclass(eq=False)
+class _Entry:
+    tracked: Tracked
+    step: Step
+    ends_as: EventKind
+    seconds: int = 0
+    copy: OutgoingMessage | None = None
+    attempts: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> str:
+        return (
+            self.copy.key if self.step is Step.SEND and self.copy is not None else self.tracked.message.receipt_handle
+        )
+
+
+class Settler:
+    """Settles messages on one queue from a supervised flusher and a bounded pool of batch calls.
+
+    Parameters:
+        transport: the consumed queue.
+        dead_letters: the dead-letter queue, if any.
+        done: called once per message when its settling ended.
+        supervisor: runs the flusher.
+        max_in_flight: batch calls at once.
+        max_delay_s: how long a lone entry waits for its batch to fill.
+        retries: transient failures of an entry before it is given up (then it reappears: at least once).
+        retry_base_s: first retry delay, doubling, capped at ``retry_max_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: SQSTransport,
+        dead_letters: SQSTransport | None,
+        done: Done,
+        supervisor: Supervisor,
+        max_in_flight: int = 4,
+        max_delay_s: float = 0.01,
+        retries: int = 6,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 8.0,
+    ) -> None:
+        self.transport = transport
+        self.dead_letters = dead_letters
+        self.done = done
+        self.supervisor = supervisor
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_delay_s = max_delay_s
+        self.retries = retries
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self._pending: dict[Step, list[_Entry]] = {step: [] for step in Step}
+        self._retry: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._in_flight = 0
+        self._entries = 0
+        self._closing = False
+        self._cond = threading.Condition()
+        self._pool = DaemonThreadPool(self.max_in_flight, name="microbus-settle")
+        supervisor.start("settling", self._step)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: nothing new is settled here."""
+        return self._closing
+
+    @property
+    def outstanding(self) -> int:
+        """Messages whose settling has not ended."""
+        with self._cond:
+            return self._entries
+
+    def delete(self, tracked: Tracked, ends_as: EventKind = EventKind.SETTLED) -> None:
+        """Delete a message (ack)."""
+        self._add(_Entry(tracked, Step.DELETE, ends_as))
+
+    def change_visibility(self, tracked: Tracked, seconds: int, ends_as: EventKind = EventKind.SETTLED) -> None:
+        """Make a message visible again after ``seconds`` (a retry), or at once (``RELEASED``)."""
+        self._add(_Entry(tracked, Step.VISIBILITY, ends_as, seconds=seconds))
+
+    def dead_letter(self, tracked: Tracked, copy: OutgoingMessage) -> None:
+        """Send ``copy`` to the dead-letter queue, then delete the original."""
+        if self.dead_letters is None:
+            raise RuntimeError("No dead-letter queue to send to")
+        self._add(_Entry(tracked, Step.SEND, EventKind.DEAD_LETTERED, copy=copy))
+
+    def close(self, timeout_s: float) -> int:
+        """Flush everything pending (retries at once) and wait at most ``timeout_s``; give up on the rest.
+
+        Returns how many messages were given up on (they reappear after their visibility timeout).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._entries and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            abandoned = [entry for entries in self._pending.values() for entry in entries]
+            abandoned += [entry for _, _, entry in self._retry]
+            for entries in self._pending.values():
+                entries.clear()
+            self._retry.clear()
+            left = self._entries
+        for entry in abandoned:
+            self._finish(entry, EventKind.SETTLE_FAILED, "not settled before the shutdown deadline")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if left:
+            logger.warning("%d messages not settled by the shutdown deadline; they will be redelivered", left)
+        return left
+
+    def _add(self, entry: _Entry) -> None:
+        with self._cond:
+            self._entries += 1
+            self._pending[entry.step].append(entry)
+            self._cond.notify_all()
+
+    def _step(self) -> None:
+        """One round of the flusher: take the batches that are ready and hand them to the pool."""
+        for step, batch in self._take():
+            self._pool.submit(self._call, step, batch)
+
+    def _take(self) -> list[tuple[Step, list[_Entry]]]:
+        with self._cond:
+            while True:
+                self._promote_due_retries()
+                batches = self._ready()
+                if batches or self.supervisor.stopping:
+                    self._in_flight += len(batches)
+                    return batches
+                self._cond.wait(self._next_wakeup())
+
+    def _promote_due_retries(self) -> None:
+        now = time.monotonic()
+        while self._retry and (self._retry[0][0] <= now or self._closing):
+            _, _, entry = heapq.heappop(self._retry)
+            self._pending[entry.step].append(entry)
+
+    def _ready(self) -> list[tuple[Step, list[_Entry]]]:
+        now = time.monotonic()
+        batches: list[tuple[Step, list[_Entry]]] = []
+        for step, entries in self._pending.items():
+            while entries and self._in_flight + len(batches) < self.max_in_flight:
+                full = len(entries) >= MAX_BATCH
+                if not (full or self._closing or now - entries[0].queued_at >= self.max_delay_s):
+                    break
+                batch = self._cut(step, entries)
+                if not batch:
+                    break
+                batches.append((step, batch))
+        return batches
+
+    def _cut(self, step: Step, entries: list[_Entry]) -> list[_Entry]:
+        """Take one batch off ``entries``: at most 10, sends at most MAX_BATCH_BYTES (an oversize one alone)."""
+        batch: list[_Entry] = []
+        size = 0
+        keep: list[_Entry] = []
+        for entry in entries:
+            if len(batch) >= MAX_BATCH:
+                keep.append(entry)
+                continue
+            if step is Step.SEND:
+                assert entry.copy is not None
+                if batch and size + entry.copy.size > MAX_BATCH_BYTES:
+                    keep.append(entry)
+                    continue
+                size += entry.copy.size
+            if step is Step.VISIBILITY and not entry.tracked.claim_wire():
+                keep.append(entry)  # the heartbeat is extending it right now: next round
+                continue
+            batch.append(entry)
+        entries[:] = keep
+        return batch
+
+    def _next_wakeup(self) -> float:
+        now = time.monotonic()
+        waits = [1.0]
+        if self._retry:
+            waits.append(self._retry[0][0] - now)
+        for entries in self._pending.values():
+            if entries:
+                waits.append(entries[0].queued_at + self.max_delay_s - now)
+        if any(self._pending.values()):
+            waits.append(0.02)  # entries waiting for a free batch slot or for the heartbeat
+        return max(0.001, min(waits))
+
+    def _call(self, step: Step, batch: list[_Entry]) -> None:
+        """One batch call, then each entry's next step: done, the delete after a send, a retry, or given up."""
+        try:
+            failures = self._send(step, batch)
+        except Exception as exc:  # a transport fault, or anything else: retry the whole batch
+            if not isinstance(exc, TransportError):
+                logger.error("Unexpected error in a %s batch; retrying it", step.value, exc_info=exc)
+            failures = {
+                entry.key: EntryFailure(type(exc).__name__, str(exc)[:200], sender_fault=False) for entry in batch
+            }
+        finally:
+            if step is Step.VISIBILITY:
+                for entry in batch:
+                    entry.tracked.release_wire()
+        for entry in batch:
+            failure = failures.get(entry.key)
+            if failure is None:
+                self._succeeded(entry)
+            elif failure.sender_fault:
+                self._finish(entry, EventKind.SETTLE_FAILED, f"{step.value} refused: {failure.code}: {failure.message}")
+            else:
+                self._again(entry, failure)
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _send(self, step: Step, batch: list[_Entry]) -> dict[str, EntryFailure]:
+        if step is Step.DELETE:
+            return self.transport.delete_entries([entry.key for entry in batch])
+        if step is Step.VISIBILITY:
+            return self.transport.change_visibility_entries([(entry.key, entry.seconds) for entry in batch])
+        assert self.dead_letters is not None
+        return self.dead_letters.send_entries([entry.copy for entry in batch if entry.copy is not None])
+
+    def _succeeded(self, entry: _Entry) -> None:
+        if entry.step is Step.SEND:  # the copy is safe: now delete the original
+            with self._cond:
+                entry.step, entry.attempts, entry.queued_at = Step.DELETE, 0, time.monotonic()
+                self._pending[Step.DELETE].append(entry)
+                self._cond.notify_all()
+            return
+        self._finish(entry, entry.ends_as, None)
+
+    def _again(self, entry: _Entry, failure: EntryFailure) -> None:
+        entry.attempts += 1
+        if entry.attempts > self.retries:
+            self._finish(
+                entry, EventKind.SETTLE_FAILED, f"{entry.step.value} failed: {failure.code}: {failure.message}"
+            )
+            return
+        delay = min(self.retry_max_s, self.retry_base_s * 2 ** (entry.attempts - 1))
+        with self._cond:
+            heapq.heappush(self._retry, (time.monotonic() + delay, next(self._seq), entry))
+            self._cond.notify_all()
+
+    def _finish(self, entry: _Entry, kind: EventKind, detail: str | None) -> None:
+        if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
+            detail = f"dead-letter copy sent, original not deleted ({detail})"
+        try:
+            self.done(entry.tracked, kind, detail)
+        finally:
+            with self._cond:
+                self._entries -= 1
+                self._cond.notify_all()
+
+
+class BatchAcker:
+    """Deletes messages in batches of up to 10 in the background, for code that consumes without a Worker.
+
+    A batch goes out when 10 acks are pending or ``max_delay_s`` after the first; several batches may be
+    in flight; a batch that failed transiently is retried ``retries`` times with a doubling delay from
+    ``retry_base_s``, without holding up the others. ``failed`` counts the messages given up on (they
+    are redelivered).
+    """
+
+    def __init__(
+        self, consumer: SQSConsumer, *, max_delay_s: float = 0.05, retries: int = 4, retry_base_s: float = 0.5
+    ) -> None:
+        self.consumer = consumer
+        self.failed = 0
+        self._supervisor = Supervisor(queue_url=consumer.queue_url, observers=Observers())
+        self._settler = Settler(
+            transport=consumer.transport,
+            dead_letters=None,
+            done=self._done,
+            supervisor=self._supervisor,
+            max_delay_s=max_delay_s,
+            retries=retries,
+            retry_base_s=retry_base_s,
+        )
+
+    def ack(self, message: SQSMessage) -> None:
+        """Queue a message for deletion."""
+        self._settler.delete(Tracked(message))
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush what is pending, waiting at most ``timeout_s`` (None: 30 s); the rest is redelivered."""
+        self._settler.close(30.0 if timeout_s is None else timeout_s)
+        self._supervisor.stop()
+
+    def _done(self, tracked: Tracked, kind: EventKind, detail: str | None) -> None:
+        if kind is EventKind.SETTLE_FAILED:
+            self.failed += 1
+            logger.warning(
+                "Could not delete message %r (it will be redelivered): %s", tracked.message.message_id, detail
+            )
