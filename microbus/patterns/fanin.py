@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -242,7 +242,7 @@ class CallbackRunner(Middleware):
         self.transport = transport
         self.schema_registry = schema_registry
         self.store = store
-        self._local = threading.local()
+        self._delivery: ContextVar[str | None] = ContextVar(f"microbus_delivery_{id(self)}", default=None)
 
     def handler_registry(self) -> HandlerRegistry:
         """The callback queue's handlers by media type."""
@@ -251,7 +251,7 @@ class CallbackRunner(Middleware):
         )
 
     def before_handle(self, message: SQSMessage) -> None:
-        self._local.delivery_id = message.message_id
+        self._delivery.set(message.message_id)
 
     def handle_report(self, report: dict[str, Any]) -> bool:
         """Send one invocation per on-target callback and, for fan-out, record the target and maybe fire on-final.
@@ -266,7 +266,7 @@ class CallbackRunner(Middleware):
             return True
         if self.store is None:
             raise ConfigurationError("A fan-out report arrived but no fan-in table is set: set fan_in_store.table_name")
-        delivery_id = getattr(self._local, "delivery_id", None)
+        delivery_id = self._delivery.get()
         if delivery_id is None:
             raise ConfigurationError("CallbackRunner must be in its dispatcher's middleware to handle fan-out reports")
         recorded_now, state = self.store.record(report, payload, delivery_id=delivery_id)

@@ -21,6 +21,7 @@ not acceptable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from microcosm.api import defaults
 
-from microbus.consume.dispatch import HandlerCall, Middleware
+from microbus.consume.dispatch import AsyncHandlerCall, HandlerCall, Middleware
 from microbus.errors import ConfigurationError, Nack, SkipMessage, TransportError
 from microbus.wire.transport import translate_errors
 
@@ -116,6 +117,20 @@ class IdempotencyGuard(Middleware):
             return call.call()
         return self.run(f"{call.source}#{call.message.idempotency_key}", call.call)
 
+    async def around_handler_async(self, call: AsyncHandlerCall) -> Any:
+        """The same for async handlers; the store's calls run on a thread, off the event loop."""
+        if not call.idempotent:
+            return await call.call()
+        key = f"{call.source}#{call.message.idempotency_key}"
+        token = await asyncio.to_thread(self._claim, key)
+        try:
+            response = await call.call()
+        except BaseException:
+            await asyncio.to_thread(self._quietly, self.store.release, key, token=token)
+            raise
+        await asyncio.to_thread(self._quietly, self.store.complete, key, token=token, now=self.clock())
+        return response
+
     def run(self, key: str, call: Callable[[], T]) -> T:
         """Call ``call`` unless ``key`` was handled or is being handled.
 
@@ -124,6 +139,22 @@ class IdempotencyGuard(Middleware):
             Nack: being handled elsewhere (retried after the lease's remainder).
             Nack: the store could not be reached before the call (retried with the backoff, not counted as a
                 handler failure, so an outage of the table never dead-letters good messages).
+        """
+        token = self._claim(key)
+        try:
+            response = call()
+        except BaseException:
+            self._quietly(self.store.release, key, token=token)
+            raise
+        self._quietly(self.store.complete, key, token=token, now=self.clock())
+        return response
+
+    def _claim(self, key: str) -> str:
+        """Claim ``key``; return the claim's token.
+
+        Raises:
+            SkipMessage: already handled.
+            Nack: being handled elsewhere, or the store could not be reached.
         """
         token = uuid.uuid4().hex
         now = self.clock()
@@ -136,13 +167,7 @@ class IdempotencyGuard(Middleware):
                 raise SkipMessage("duplicate", extra={"idempotency_key": key})
             retry_s = max(1, math.ceil(record.lease_until - now))
             raise Nack(retry_s, reason="in progress elsewhere", extra={"idempotency_key": key})
-        try:
-            response = call()
-        except BaseException:
-            self._quietly(self.store.release, key, token=token)
-            raise
-        self._quietly(self.store.complete, key, token=token, now=self.clock())
-        return response
+        return token
 
     def _quietly(self, action: Callable[..., None], key: str, **kwargs: Any) -> None:
         try:

@@ -10,6 +10,7 @@ import logging
 import threading
 import traceback
 import uuid
+from contextvars import Token
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -100,17 +101,20 @@ class ParallelReporter(Middleware):
         self.schema_registry = schema_registry
         self.mode = mode
         self.max_message_bytes = max_message_bytes
-        self._local = threading.local()
+        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None]]] = {}
+        self._lock = threading.Lock()
 
     def before_handle(self, message: SQSMessage) -> None:
-        request = ParallelRequest.from_message(message)
-        self._tokens().append(bind_cid(request.cid if request else None))
+        request = ParallelRequest.from_message(message)  # read once per message, kept until after_handle
+        token = bind_cid(request.cid if request else None)
+        with self._lock:
+            self._active[id(message)] = (request, token)
 
     def after_handle(self, message: SQSMessage, result: Result) -> None:
-        tokens = self._tokens()
-        if tokens:
-            unbind_cid(tokens.pop())
-        request = ParallelRequest.from_message(message)
+        with self._lock:
+            request, token = self._active.pop(id(message), (None, None))
+        if token is not None:
+            unbind_cid(token)
         if request is None or not should_report(result.outcome, self.mode):
             return
         try:
@@ -175,11 +179,6 @@ class ParallelReporter(Middleware):
             )
         except (TypeError, ValueError):
             return None
-
-    def _tokens(self) -> list[Any]:
-        if not hasattr(self._local, "tokens"):
-            self._local.tokens = []
-        return self._local.tokens  # type: ignore[no-any-return]
 
 
 @defaults(mode=FailureMode.REPORT.value, max_message_bytes=CALLBACK_MAX_BYTES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -128,6 +129,33 @@ def test_a_message_delivered_twice_runs_its_idempotent_handler_once():
         worker.join()
     # Then the handler ran once per id and every message was acked
     assert [m["opaque_data"]["x-microbus-message-id"] for m in seen] == ["m-1", "m-2"]
+    assert worker.stats.outcomes[Outcome.SKIPPED.label] == 1
+
+
+def test_an_async_idempotent_handler_runs_once_per_message():
+    # Given the same message delivered twice to an async idempotent handler
+    stub = StubQueue()
+    body = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1", "opaqueData": {"x-microbus-message-id": "m-1"}}
+    stub.put(body)
+    stub.put(body)
+    seen = []
+
+    async def handler(content):
+        await asyncio.sleep(0)
+        seen.append(content["order_id"])
+
+    registry = HandlerRegistry({OrderPlaced.MEDIA_TYPE: handler}, idempotent=[OrderPlaced.MEDIA_TYPE])
+    dispatcher = SQSMessageDispatcher(handler_registry=registry, middleware=[guard()])
+    worker = Worker(consumer=stub.consumer(), dispatcher=dispatcher, concurrency=1)
+    # When the worker consumes them
+    worker.start()
+    try:
+        wait_for(lambda: stub.depth == 0, timeout_s=5)
+    finally:
+        worker.stop()
+        worker.join()
+    # Then the handler's side effect happened once, and both messages were acked
+    assert seen == ["o-1"]
     assert worker.stats.outcomes[Outcome.SKIPPED.label] == 1
 
 
