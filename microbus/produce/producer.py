@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -14,14 +16,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from microcosm.api import defaults
 
 from microbus.errors import (
+    ConfigurationError,
     EndpointUnreachableError,
     MessageTooLargeError,
+    MessageValidationError,
     PublishError,
     TopicNotDefinedError,
+    TopicNotFoundError,
     TransientTransportError,
     TransportError,
 )
-from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY
+from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
@@ -31,8 +36,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SNS_MAX_MESSAGE_BYTES = 262_144
+FIFO_SUFFIX = ".fifo"
+GROUP_ID_FIELD_ATTRIBUTE = "MESSAGE_GROUP_ID_FIELD"
 _RETRYABLE = (TransientTransportError, EndpointUnreachableError)
+_FIFO_ID = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}")
 T = TypeVar("T")
+
+GroupIdSource = str | Callable[[dict[str, Any]], str]
+"""Where a media type's message group id comes from: a content field name, or a function of the content."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,17 @@ class OutgoingMessage:
     topic_arn: str
     message: str
     message_attributes: dict[str, Any]
+    message_id: str | None = None
+    """The stamped ``x-microbus-message-id`` (the deduplication id of a FIFO publish, unless given one)."""
+    message_group_id: str | None = None
+    """FIFO topics only: the message group (None for a standard topic)."""
+    deduplication_id: str | None = None
+    """FIFO topics only: the deduplication id the caller gave, if any."""
+
+
+def is_fifo_topic(topic_arn: str) -> bool:
+    """Whether the topic is a FIFO topic (their names, and only theirs, end in ``.fifo``)."""
+    return topic_arn.endswith(FIFO_SUFFIX)
 
 
 def message_size(message: str, message_attributes: dict[str, Any]) -> int:
@@ -85,6 +107,9 @@ class SNSProducer:
         opaque: returns the opaque data to attach (request ids …); None for none.
         max_attempts: tries per publish for transient failures (throttling, 5xx, connection errors).
         retry_base_s: first backoff between tries; doubles each time.
+        group_ids: per media type, the message group id of messages to FIFO topics: the name of a content
+            field, or a function of the content. An explicit ``message_group_id=`` wins over it; it wins over
+            the schema's ``MESSAGE_GROUP_ID_FIELD``.
     """
 
     def __init__(
@@ -96,6 +121,7 @@ class SNSProducer:
         opaque: Callable[[], dict[str, Any]] | None = None,
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
+        group_ids: Mapping[str, GroupIdSource] | None = None,
     ) -> None:
         self.transport = transport
         self.schema_registry = schema_registry
@@ -103,6 +129,8 @@ class SNSProducer:
         self.opaque = opaque
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
+        self.group_ids = dict(group_ids or {})
+        self._content_based_deduplication: dict[str, bool] = {}
 
     def create_message(
         self,
@@ -110,6 +138,9 @@ class SNSProducer:
         dct: dict[str, Any] | None = None,
         uri: str | None = None,
         opaque_data: dict[str, Any] | None = None,
+        *,
+        message_group_id: str | None = None,
+        deduplication_id: str | None = None,
         **kwargs: Any,
     ) -> OutgoingMessage:
         """Validate and encode a message without sending it.
@@ -118,17 +149,28 @@ class SNSProducer:
         handled: it identifies this message across producer retries, SNS duplicates and SQS redeliveries,
         raw or enveloped (the idempotency key).
 
+        For a FIFO topic the message group id is ``message_group_id``, else the producer's ``group_ids`` entry
+        for the media type, else the schema's ``MESSAGE_GROUP_ID_FIELD``; both ids are ignored for a standard
+        topic. Nothing here calls the network.
+
         Raises:
-            UnknownMediaTypeError, MessageValidationError, MessageTooLargeError, TopicNotDefinedError.
+            UnknownMediaTypeError, MessageValidationError, MessageTooLargeError, TopicNotDefinedError;
+            ConfigurationError: a FIFO topic, and no way to find the message group id.
         """
         topic_arn = self.topic_arns.choose(media_type)
+        codec = self.schema_registry.find(media_type)
         opaque = dict(self.opaque() if self.opaque else {})
         opaque.update(opaque_data or {})
         opaque[PUBLISHED_KEY] = str(time.time())
-        opaque[MESSAGE_ID_KEY] = uuid.uuid4().hex
-        message = self.schema_registry.find(media_type).encode(
-            dct, media_type=media_type, uri=uri, opaque_data=opaque, **kwargs
-        )
+        opaque[MESSAGE_ID_KEY] = message_id = uuid.uuid4().hex
+        message = codec.encode(dct, media_type=media_type, uri=uri, opaque_data=opaque, **kwargs)
+        if is_fifo_topic(topic_arn):
+            content = {**(dct or {}), **kwargs}
+            message_group_id = self._message_group_id(codec, topic_arn, content, message, message_group_id)
+            if deduplication_id is not None:
+                _check_fifo_id(deduplication_id, "deduplication id", media_type)
+        else:
+            message_group_id = deduplication_id = None
         attributes = {"media_type": {"DataType": "String", "StringValue": media_type}}
         size = message_size(message, attributes)
         if size > SNS_MAX_MESSAGE_BYTES:
@@ -136,45 +178,129 @@ class SNSProducer:
                 f"{media_type} message is {size} bytes, over the SNS limit of {SNS_MAX_MESSAGE_BYTES}: "
                 "send a reference (e.g. an S3 key) instead of the payload"
             )
-        return OutgoingMessage(media_type, topic_arn, message, attributes)
+        return OutgoingMessage(
+            media_type,
+            topic_arn,
+            message,
+            attributes,
+            message_id=message_id,
+            message_group_id=message_group_id,
+            deduplication_id=deduplication_id,
+        )
 
-    def produce(self, media_type: str, dct: dict[str, Any] | None = None, **kwargs: Any) -> str:
+    def _message_group_id(
+        self, codec: PubSubMessageCodec, topic_arn: str, content: dict[str, Any], message: str, explicit: str | None
+    ) -> str:
+        media_type = codec.media_type
+        schema_cls = type(codec.schema)
+        source: GroupIdSource | None = explicit
+        if source is None:
+            source = self.group_ids.get(media_type)
+        if source is None:
+            source = getattr(schema_cls, GROUP_ID_FIELD_ATTRIBUTE, None)
+        if source is None:
+            raise ConfigurationError(
+                f"{media_type} goes to the FIFO topic {topic_arn}, which needs a message group id: pass "
+                f"message_group_id=..., map the media type to a field or function in SNSProducer(group_ids=...) "
+                f"(config sns_producer.group_ids), or set MESSAGE_GROUP_ID_FIELD on {schema_cls.__qualname__}."
+            )
+        if explicit is not None:
+            value: Any = explicit
+        elif callable(source):
+            value = source(dict(content))
+        else:
+            value = _field_value(codec, source, content, message, topic_arn)
+        return _check_fifo_id(value, "message group id", media_type)
+
+    def produce(
+        self,
+        media_type: str,
+        dct: dict[str, Any] | None = None,
+        *,
+        message_group_id: str | None = None,
+        deduplication_id: str | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Validate and publish one message; return its SNS message id.
 
         Content may be a dict, keyword arguments, or both; ``uri`` and ``opaque_data`` are optional.
+        ``message_group_id`` and ``deduplication_id`` are for FIFO topics (see :meth:`create_message`).
 
         Raises:
             MessageValidationError: a field is missing or wrong (nothing was sent).
             MessageTooLargeError: the message is over 256 KiB (nothing was sent).
             TopicNotDefinedError: no topic is configured for the media type.
+            ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             TransportError: SNS could not be reached, or refused, after retries.
         """
-        outgoing = self.create_message(media_type, dct, **kwargs)
+        outgoing = self.create_message(
+            media_type, dct, message_group_id=message_group_id, deduplication_id=deduplication_id, **kwargs
+        )
         return self.publish(outgoing)
 
     def publish(self, outgoing: OutgoingMessage) -> str:
-        """Publish an encoded message, retrying transient failures; return its message id."""
-        message_id = self._retrying(
-            lambda: self.transport.publish(outgoing.topic_arn, outgoing.message, outgoing.message_attributes)
-        )
+        """Publish an encoded message, retrying transient failures; return its message id.
+
+        To a FIFO topic, the message goes with its group id and deduplication id: the one given, else none
+        when the topic has content-based deduplication, else the stamped message id, so that publishing the
+        same message again (a retry) is deduplicated.
+        """
+        _check_group_ids([outgoing])
+        fifo = self._fifo_ids(outgoing.topic_arn, {0: outgoing})
+        if fifo:
+            group_id, dedup_id = fifo[0]
+            message_id = self._retrying(
+                lambda: self.transport.publish(
+                    outgoing.topic_arn,
+                    outgoing.message,
+                    outgoing.message_attributes,
+                    message_group_id=group_id,
+                    deduplication_id=dedup_id,
+                )
+            )
+        else:
+            message_id = self._retrying(
+                lambda: self.transport.publish(outgoing.topic_arn, outgoing.message, outgoing.message_attributes)
+            )
         logger.debug("Published %s as %r", outgoing.media_type, message_id)
         return message_id
 
-    def produce_batch(self, media_type: str, contents: Sequence[dict[str, Any]]) -> list[str]:
+    def produce_batch(
+        self,
+        media_type: str,
+        contents: Sequence[dict[str, Any]],
+        *,
+        message_group_id: str | None = None,
+        deduplication_ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
         """Validate all, then publish in batches of 10; return the message ids in order.
+
+        For a FIFO topic, ``message_group_id`` is the group of every message (else each message's group comes
+        from ``group_ids`` or the schema), and ``deduplication_ids`` runs parallel to ``contents``.
 
         Raises:
             MessageValidationError: one of the contents is invalid (nothing was sent).
+            ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             PublishError: some entries failed after retries; it lists which, and the ids of the others.
         """
-        return self.publish_many([self.create_message(media_type, content) for content in contents])
+        if deduplication_ids is not None and len(deduplication_ids) != len(contents):
+            raise ValueError(f"{len(deduplication_ids)} deduplication ids for {len(contents)} contents")
+        dedup_ids = deduplication_ids or [None] * len(contents)
+        return self.publish_many(
+            [
+                self.create_message(media_type, content, message_group_id=message_group_id, deduplication_id=dedup_id)
+                for content, dedup_id in zip(contents, dedup_ids, strict=True)
+            ]
+        )
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish encoded messages with PublishBatch, per topic, 10 at a time.
 
         Raises:
+            ConfigurationError: a message to a FIFO topic has no group id (nothing was sent).
             PublishError: some entries failed after retries.
         """
+        _check_group_ids(messages)
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}
         for topic_arn, indexes in _group_by_topic(messages).items():
@@ -195,12 +321,20 @@ class SNSProducer:
     ) -> dict[int, str]:
         remaining = chunk
         failed: dict[int, str] = {}
+        try:
+            fifo_ids = self._fifo_ids(topic_arn, {i: messages[i] for i in chunk})
+        except TransportError as exc:  # the topic's attributes could not be read
+            return {i: str(exc) for i in chunk}
         for attempt in range(self.max_attempts):
             if attempt:
                 time.sleep(self.retry_base_s * 2 ** (attempt - 1))
             entries = [(messages[i].message, messages[i].message_attributes) for i in remaining]
+            fifo: dict[str, list[str | None]] = {}
+            if fifo_ids:
+                fifo["message_group_ids"] = [fifo_ids[i][0] for i in remaining]
+                fifo["deduplication_ids"] = [fifo_ids[i][1] for i in remaining]
             try:
-                batch_ids, batch_failed = self.transport.publish_batch(topic_arn, entries)
+                batch_ids, batch_failed = self.transport.publish_batch(topic_arn, entries, **fifo)
             except _RETRYABLE as exc:
                 failed = {i: str(exc) for i in remaining}
                 continue
@@ -213,6 +347,47 @@ class SNSProducer:
             if not remaining:
                 break
         return failed
+
+    def _fifo_ids(self, topic_arn: str, messages: Mapping[int, OutgoingMessage]) -> dict[int, tuple[str, str | None]]:
+        """Group and deduplication id of each message to a FIFO topic, by index; empty for a standard topic."""
+        if not is_fifo_topic(topic_arn):
+            return {}
+        _check_group_ids(messages.values())
+        given = all(m.deduplication_id is not None for m in messages.values())
+        derived = False if given else self.content_based_deduplication(topic_arn)
+        return {
+            index: (str(m.message_group_id), m.deduplication_id or (None if derived else m.message_id))
+            for index, m in messages.items()
+        }
+
+    def content_based_deduplication(self, topic_arn: str) -> bool:
+        """Whether a FIFO topic derives deduplication ids from the body (read once per topic, then cached).
+
+        Without permission to read the topic's attributes (only ``sns:Publish``), False: the stamped message
+        id is sent, which is correct either way.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            TransportError: SNS could not be reached, after retries.
+        """
+        known = self._content_based_deduplication.get(topic_arn)
+        if known is not None:
+            return known
+        try:
+            attributes = self._retrying(lambda: self.transport.topic_attributes(topic_arn))
+        except (TopicNotFoundError, *_RETRYABLE):
+            raise
+        except TransportError as exc:
+            logger.warning(
+                "Cannot read the attributes of %s (%s): sending the message id as deduplication id, as if "
+                "ContentBasedDeduplication were off",
+                topic_arn,
+                exc,
+            )
+            attributes = {}
+        derived = attributes.get("ContentBasedDeduplication", "false").lower() == "true"
+        self._content_based_deduplication[topic_arn] = derived
+        return derived
 
     def _retrying(self, call: Callable[[], T]) -> T:
         for attempt in range(1, self.max_attempts + 1):
@@ -240,9 +415,21 @@ class DeferredProducer:
         self.producer = producer
         self.messages: list[OutgoingMessage] = []
 
-    def produce(self, media_type: str, dct: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        """Validate now, publish when the block ends."""
-        self.messages.append(self.producer.create_message(media_type, dct, **kwargs))
+    def produce(
+        self,
+        media_type: str,
+        dct: dict[str, Any] | None = None,
+        *,
+        message_group_id: str | None = None,
+        deduplication_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Validate now (FIFO group id included), publish when the block ends."""
+        self.messages.append(
+            self.producer.create_message(
+                media_type, dct, message_group_id=message_group_id, deduplication_id=deduplication_id, **kwargs
+            )
+        )
 
     def __enter__(self) -> DeferredProducer:
         self.messages = []
@@ -256,6 +443,55 @@ class DeferredProducer:
     ) -> None:
         if exc_type is None and self.messages:
             self.producer.publish_many(self.messages)
+
+
+def _check_group_ids(messages: Iterable[OutgoingMessage]) -> None:
+    """Raises ConfigurationError when a message to a FIFO topic has no group id (one not from create_message)."""
+    for outgoing in messages:
+        if outgoing.message_group_id is None and is_fifo_topic(outgoing.topic_arn):
+            raise ConfigurationError(
+                f"{outgoing.media_type} message for the FIFO topic {outgoing.topic_arn} has no message group id: "
+                "create it with SNSProducer.create_message, which finds one."
+            )
+
+
+def _field_value(codec: PubSubMessageCodec, name: str, content: dict[str, Any], message: str, topic_arn: str) -> Any:
+    """The value of the group id field ``name`` (declared, attribute or wire name) in content, else on the wire."""
+    media_type = codec.media_type
+    declared = next(
+        ((key, f) for key, f in codec.schema.fields.items() if name in (key, f.attribute, f.data_key)), None
+    )
+    if declared is None:
+        raise ConfigurationError(
+            f"The message group id field {name!r} of {media_type} names no field of "
+            f"{type(codec.schema).__qualname__}: fix sns_producer.group_ids or MESSAGE_GROUP_ID_FIELD."
+        )
+    key, field = declared
+    value = content.get(field.attribute or key)
+    if value is None:
+        value = json.loads(message).get(field.data_key or key)
+    if value is None:
+        raise MessageValidationError(
+            f"Invalid {media_type} message: the FIFO topic {topic_arn} takes its message group id from "
+            f"{name!r}, which is missing; give it a value or pass message_group_id=..."
+        )
+    return value
+
+
+def _check_fifo_id(value: Any, what: str, media_type: str) -> str:
+    """A message group or deduplication id as SNS accepts it: 1-128 ASCII letters, digits and punctuation.
+
+    Raises:
+        MessageValidationError: it is not one.
+    """
+    if isinstance(value, uuid.UUID) or (isinstance(value, int) and not isinstance(value, bool)):
+        value = str(value)
+    if not isinstance(value, str) or not _FIFO_ID.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:60]}… ({len(repr(value))} chars)"
+        raise MessageValidationError(
+            f"Invalid {media_type} message: its {what} {shown} is not 1 to 128 ASCII letters, digits or punctuation."
+        )
+    return value
 
 
 def _group_by_topic(messages: Iterable[OutgoingMessage]) -> dict[str, list[int]]:
@@ -272,9 +508,9 @@ def configure_sns_topic_arns(graph: ObjectGraph) -> TopicArns:
     return TopicArns(default=config.default or None, mappings=dict(config.mappings or {}))
 
 
-@defaults(max_attempts=3, retry_base_s=0.2)
+@defaults(max_attempts=3, retry_base_s=0.2, group_ids={})
 def configure_sns_producer(graph: ObjectGraph) -> SNSProducer:
-    """microcosm factory: ``graph.sns_producer``."""
+    """microcosm factory: ``graph.sns_producer``; ``sns_producer.group_ids`` maps media types to group id fields."""
     config = graph.config.sns_producer
     return SNSProducer(
         transport=SNSTransport(client=graph.sns_client),
@@ -283,4 +519,5 @@ def configure_sns_producer(graph: ObjectGraph) -> SNSProducer:
         opaque=graph.opaque.as_dict,
         max_attempts=int(config.max_attempts),
         retry_base_s=float(config.retry_base_s),
+        group_ids={str(media_type): str(name) for media_type, name in dict(config.group_ids or {}).items()},
     )
