@@ -382,14 +382,15 @@ class SQSMessageDispatcher:
         log_result(result)
 
 
+_RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s"
+
+
 def log_result(result: Result) -> None:
     """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled."""
     level = result.outcome.level
     if not logger.isEnabledFor(level):
         return
-    logger.log(
-        level,
-        "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s",
+    args = (
         result.outcome.label,
         result.media_type,
         result.message_id,
@@ -398,6 +399,9 @@ def log_result(result: Result) -> None:
         f" reason={result.reason}" if result.reason else "",
         f" error={type(result.error).__name__}: {result.error}" if result.error else "",
     )
+    # makeRecord + handle: the same record and handlers as logger.log, without walking the stack for the caller
+    record = logger.makeRecord(logger.name, level, __file__, 0, _RESULT_LINE, args, None, "log_result")
+    logger.handle(record)
 
 
 @defaults(

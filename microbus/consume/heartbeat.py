@@ -108,6 +108,7 @@ class VisibilityHeartbeat:
         self._cond = threading.Condition()
         self._stopped = False
         self._failing = False
+        self._wake_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -131,10 +132,12 @@ class VisibilityHeartbeat:
         if not self.enabled:
             return
         lease = Lease(tracked, tracked.received_at, tracked.received_at + self.visibility_timeout_seconds)
+        due_at = lease.visible_until - self.visibility_timeout_seconds * (1.0 - self.fraction)
         with self._cond:
             if not self._stopped:
                 self._leases[id(tracked)] = lease
-                self._cond.notify_all()
+                if due_at < self._wake_at:  # due before the heartbeat means to look again
+                    self._cond.notify_all()
 
     def untrack(self, tracked: Tracked) -> None:
         """Stop extending a message (it was settled). Never blocks."""
@@ -160,8 +163,11 @@ class VisibilityHeartbeat:
                 return []
             due = due_for_extension(self._leases.values(), now=time.monotonic(), **kwargs)
             if not due:
-                wait = seconds_until_due(self._leases.values(), now=time.monotonic(), **kwargs)
-                self._cond.wait(min(_IDLE_WAIT_S, wait))
+                now = time.monotonic()
+                wait = min(_IDLE_WAIT_S, seconds_until_due(self._leases.values(), now=now, **kwargs))
+                self._wake_at = now + wait
+                self._cond.wait(wait)
+                self._wake_at = 0.0
                 return []
             return due
 

@@ -56,7 +56,7 @@ class EventKind(Enum):
     """A background activity recovered."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LifecycleEvent:
     """One transition of one message (or of one background activity).
 
@@ -107,13 +107,14 @@ class Observers:
                     logger.exception("Lifecycle observer %s failed (logged once)", type(observer).__name__)
 
 
-_ORDER = {
-    MessageState.RECEIVED: {MessageState.WAITING, MessageState.SETTLING},
-    MessageState.WAITING: {MessageState.RUNNING, MessageState.SETTLING},
-    MessageState.RUNNING: {MessageState.SETTLING},
-    MessageState.SETTLING: {MessageState.SETTLED},
-    MessageState.SETTLED: set(),
+_NEXT: dict[MessageState, tuple[MessageState, ...]] = {
+    MessageState.RECEIVED: (MessageState.WAITING, MessageState.SETTLING),
+    MessageState.WAITING: (MessageState.RUNNING, MessageState.SETTLING),
+    MessageState.RUNNING: (MessageState.SETTLING,),
+    MessageState.SETTLING: (MessageState.SETTLED,),
+    MessageState.SETTLED: (),
 }
+_NEXT_BY_NAME = {state.name: allowed for state, allowed in _NEXT.items()}  # by name: Enum hashing is slow
 
 
 @dataclass(eq=False)
@@ -135,7 +136,7 @@ class Tracked:
     def advance(self, to: MessageState) -> bool:
         """Move to ``to``; False (and no change) when that is not a legal next state."""
         with self._lock:
-            if to not in _ORDER[self.state]:
+            if to not in _NEXT_BY_NAME[self.state._name_]:
                 return False
             self.state = to
             return True

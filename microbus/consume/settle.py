@@ -158,8 +158,10 @@ class Settler:
     def _add(self, entry: _Entry) -> None:
         with self._cond:
             self._entries += 1
-            self._pending[entry.step].append(entry)
-            self._cond.notify_all()
+            pending = self._pending[entry.step]
+            pending.append(entry)
+            if len(pending) == 1 or len(pending) % MAX_BATCH == 0:  # starts a batch's timer, or fills one
+                self._cond.notify_all()
 
     def _step(self) -> None:
         """One round of the flusher: take the batches that are ready and hand them to the pool."""

@@ -1,11 +1,11 @@
-"""Worker: consumes one queue — receivers, a scheduler on an event loop, handlers, settling and the heartbeat.
+"""Worker: consumes one queue — receivers, a scheduler, handlers, settling and the heartbeat.
 
 Each received message gets one :class:`~microbus.consume.lifecycle.Tracked` state holder and goes
 ``received → waiting → running → settling → settled``. It counts against ``concurrency + prefetch`` and stays
-under the heartbeat until it is settled. The scheduler runs on the worker's event loop: sync handlers go to
-a pool of ``concurrency`` threads, async handlers run as tasks on the loop itself, together never more than
-``concurrency`` at once; on a FIFO queue, messages of one group run one at a time, in order. Receiving,
-settling and the heartbeat are supervised activities.
+under the heartbeat until it is settled. The scheduler starts waiting messages in order of receipt: sync
+handlers on ``concurrency`` handler threads, async handlers as tasks on the worker's event loop, together never
+more than ``concurrency`` at once; on a FIFO queue, messages of one group run one at a time, in order.
+Receiving, settling and the heartbeat are supervised activities.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -36,7 +36,6 @@ from microbus.consume.lifecycle import (
 from microbus.consume.message import SQSMessage
 from microbus.consume.settle import Settler
 from microbus.consume.supervision import Supervisor
-from microbus.consume.threads import DaemonThreadPool
 from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError
 from microbus.wire.transport import MAX_BATCH
 
@@ -149,6 +148,8 @@ class Worker:
         self.receivers = max(1, receivers or default_receivers(self.concurrency))
         self.prefetch = max(0, prefetch if prefetch is not None else MAX_BATCH * self.receivers)
         self.capacity = self.concurrency + self.prefetch
+        self._wanted = max(1, min(MAX_BATCH, self.prefetch))
+        """Receive only when this many messages fit: large receives, not one message per call."""
         self.grace_period_s = grace_period_s
         self.max_transport_backoff_s = max_transport_backoff_s
         self.heartbeat_fraction = heartbeat_fraction
@@ -165,7 +166,9 @@ class Worker:
         self._max_attempts: int | None = None
         self._supervisor: Supervisor | None = None
         self._settler: Settler | None = None
-        self._pool: DaemonThreadPool | None = None
+        self._sched = threading.Condition()
+        self._work: queue.SimpleQueue[Tracked | None] = queue.SimpleQueue()
+        self._handler_threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._waiting: deque[Tracked] = deque()
@@ -228,7 +231,12 @@ class Worker:
             supervisor=supervisor,
             max_in_flight=self.settle_in_flight,
         )
-        self._pool = DaemonThreadPool(self.concurrency, name="microbus-handler")
+        self._handler_threads = [
+            threading.Thread(target=self._handler_thread, name=f"microbus-handler-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in self._handler_threads:
+            thread.start()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="microbus-scheduler", daemon=True)
         self._loop_thread.start()
@@ -283,7 +291,7 @@ class Worker:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        self._call_soon(self._release_waiting)
+        self._release_waiting()
 
     @property
     def stopping(self) -> bool:
@@ -297,12 +305,13 @@ class Worker:
         if self._supervisor is None or self._settler is None:  # stopped before it started
             return
         deadline = self._stop_at + self.grace_period_s
-        while self._running and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self._running:
+        with self._sched:
+            self._sched.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
+            running = len(self._running)
+        if running:
             logger.warning(
                 "%d handlers still running after the %.0fs grace period; their messages will be redelivered",
-                len(self._running),
+                running,
                 self.grace_period_s,
             )
         self._settler.close(max(5.0, deadline - time.monotonic()))
@@ -315,8 +324,8 @@ class Worker:
         self._call_soon(self._shut_loop)
         if self._loop_thread is not None:
             self._loop_thread.join(2.0)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._handler_threads:
+            self._work.put(None)
 
     def run(self) -> None:
         """Start, stop on SIGTERM/SIGINT (a second signal exits at once), and shut down gracefully."""
@@ -333,7 +342,7 @@ class Worker:
             return
         if index and self._wait_while_idle():
             return
-        reserved = self._reserve(max(1, min(MAX_BATCH, self.prefetch)))
+        reserved = self._reserve(self._wanted)
         if not reserved:
             return
         started = time.monotonic()
@@ -343,13 +352,14 @@ class Worker:
             self._unreserve(reserved)
             raise
         self._unreserve(reserved - len(messages))
-        with self._cond:
-            self._idle = not messages
-            self._cond.notify_all()
+        if self._idle != (not messages):
+            with self._cond:
+                self._idle = not messages
+                self._cond.notify_all()
         if not messages and time.monotonic() - started < _IDLE_PAUSE_S:
             self._stopping.wait(_IDLE_PAUSE_S)
-        for message in messages:
-            self._admit(message)
+        elif messages:
+            self._admit(messages)
 
     def _wait_while_idle(self) -> bool:
         """Extra receivers rest while the queue looks empty (the first one keeps polling); True if rested."""
@@ -376,15 +386,16 @@ class Worker:
                 self._held -= count
                 self._cond.notify_all()
 
-    def _admit(self, message: SQSMessage) -> None:
-        tracked = Tracked(message)
-        self.observers.emit(tracked.event(EventKind.RECEIVED, self.consumer.queue_url))
+    def _admit(self, messages: list[SQSMessage]) -> None:
+        """Hold a received batch (events, heartbeat) and hand it to the scheduler in one call."""
         assert self.heartbeat is not None
-        self.heartbeat.track(tracked)
-        if self.stopping or not self._call_soon(self._enqueue, tracked):
-            self._release(tracked)
+        batch = [Tracked(message) for message in messages]
+        for tracked in batch:
+            self.observers.emit(tracked.event(EventKind.RECEIVED, self.consumer.queue_url))
+            self.heartbeat.track(tracked)
+        self._enqueue(batch)
 
-    # Scheduling (on the loop's thread)
+    # Scheduling: a lock-protected scheduler; sync handlers on handler threads, async ones on the loop
 
     def _run_loop(self) -> None:
         assert self._loop is not None
@@ -392,17 +403,17 @@ class Worker:
         try:
             self._loop.run_forever()
         except BaseException:
-            logger.exception("The scheduler's event loop failed")
+            logger.exception("The worker's event loop failed")
         finally:
             self._loop.close()
 
-    def _call_soon(self, callback: object, *args: object) -> bool:
+    def _call_soon(self, callback: Callable[..., object], *args: object) -> bool:
         """Run ``callback(*args)`` on the loop's thread; False when the loop is gone."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return False
         try:
-            loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+            loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # closed in between
             return False
         return True
@@ -413,52 +424,66 @@ class Worker:
             task.cancel()
         self._loop.stop()
 
-    def _enqueue(self, tracked: Tracked) -> None:
-        if self.stopping:
+    def _enqueue(self, batch: list[Tracked]) -> None:
+        """Received messages wait for a free handler (released at once when stopping)."""
+        with self._sched:
+            if not self.stopping:
+                for tracked in batch:
+                    tracked.advance(MessageState.WAITING)
+                self._waiting.extend(batch)
+                batch = []
+            startable = self._pick()
+        for tracked in batch:
             self._release(tracked)
-            return
-        tracked.advance(MessageState.WAITING)
-        self._waiting.append(tracked)
-        self._pump()
+        self._start(startable)
 
-    def _pump(self) -> None:
-        """Start waiting messages while fewer than ``concurrency`` run; one at a time per FIFO group, in order."""
-        while len(self._running) < self.concurrency and self._waiting and not self.stopping:
-            picked = next((t for t in self._waiting if t.group is None or t.group not in self._busy_groups), None)
-            if picked is None:
-                return
-            self._waiting.remove(picked)
-            self._start(picked)
+    def _pick(self) -> list[Tracked]:
+        """(Under the scheduler lock.) The waiting messages that may start now: fewer than ``concurrency``
+        running, one at a time per FIFO group, in order of receipt."""
+        picked: list[Tracked] = []
+        if self.stopping:
+            return picked
+        skipped: list[Tracked] = []
+        while len(self._running) < self.concurrency and self._waiting:
+            tracked = self._waiting.popleft()
+            if tracked.group is not None and tracked.group in self._busy_groups:
+                skipped.append(tracked)
+                continue
+            tracked.advance(MessageState.RUNNING)
+            self._running.add(tracked)
+            if tracked.group is not None:
+                self._busy_groups.add(tracked.group)
+            picked.append(tracked)
+        self._waiting.extendleft(reversed(skipped))
+        return picked
 
-    def _start(self, tracked: Tracked) -> None:
-        assert self._loop is not None and self._pool is not None
-        tracked.advance(MessageState.RUNNING)
-        self._running.add(tracked)
-        if tracked.group is not None:
-            self._busy_groups.add(tracked.group)
-        self.observers.emit(tracked.event(EventKind.STARTED, self.consumer.queue_url))
-        if self.dispatcher.is_async(tracked.message):
-            task = self._loop.create_task(self._run_async(tracked))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            future = self._loop.run_in_executor(self._pool, self._run_sync, tracked)
-            future.add_done_callback(functools.partial(self._sync_done, tracked))
+    def _start(self, startable: list[Tracked]) -> None:
+        for tracked in startable:
+            self.observers.emit(tracked.event(EventKind.STARTED, self.consumer.queue_url))
+            if self.dispatcher.is_async(tracked.message):
+                if not self._call_soon(self._start_task, tracked):
+                    self._finished(tracked, _runtime_error(tracked.message, RuntimeError("event loop closed")))
+            else:
+                self._work.put(tracked)
 
-    def _run_sync(self, tracked: Tracked) -> Result:
-        try:
-            return self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
-        except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
-            logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
-            return _runtime_error(tracked.message, exc)
+    def _start_task(self, tracked: Tracked) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._run_async(tracked))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _sync_done(self, tracked: Tracked, future: Future[Result] | asyncio.Future[Result]) -> None:
-        if future.cancelled():
-            result = _runtime_error(tracked.message, asyncio.CancelledError())
-        else:
-            error = future.exception()
-            result = future.result() if error is None else _runtime_error(tracked.message, error)
-        self._finished(tracked, result)
+    def _handler_thread(self) -> None:
+        """One of ``concurrency`` handler threads: run sync handlers until the worker shuts down."""
+        while (tracked := self._work.get()) is not None:
+            try:
+                result = self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
+            except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
+                logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
+                result = _runtime_error(tracked.message, exc)
+            try:
+                self._finished(tracked, result)
+            except Exception:  # a bug in settling or an observer: log it, keep the thread
+                logger.exception("Unexpected error finishing message %r", tracked.message.message_id)
 
     async def _run_async(self, tracked: Tracked) -> None:
         try:
@@ -468,29 +493,44 @@ class Worker:
         self._finished(tracked, result)
 
     def _finished(self, tracked: Tracked, result: Result) -> None:
-        self._running.discard(tracked)
         tracked.result = result
         self.observers.emit(
             tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
         )
-        if tracked.group is not None:
-            self._busy_groups.discard(tracked.group)
-            if result.outcome.action is Action.RETRY:
-                self._release_group(tracked.group)
-        tracked.advance(MessageState.SETTLING)
+        released: list[Tracked] = []
+        with self._sched:
+            self._running.discard(tracked)
+            if tracked.group is not None:
+                self._busy_groups.discard(tracked.group)
+                if result.outcome.action is Action.RETRY:
+                    released = self._take_group(tracked.group)
+            tracked.advance(MessageState.SETTLING)
+            startable = self._pick()
+            if self.stopping:  # join waits for the running handlers
+                self._sched.notify_all()
         self._settle(tracked, result)
-        self._pump()
+        for later in released:
+            self._release(later)
+        self._start(startable)
 
-    def _release_group(self, group: str) -> None:
-        """After a failure in a FIFO group, return its later messages unstarted, so order holds on the retry."""
+    def _take_group(self, group: str) -> list[Tracked]:
+        """(Under the scheduler lock.) After a failure in a FIFO group, its later waiting messages: they go
+        back unstarted, so the group's order holds when the failed one is retried."""
         later = [t for t in self._waiting if t.group == group]
         for tracked in later:
             self._waiting.remove(tracked)
-            self._release(tracked)
+        return later
 
     def _release_waiting(self) -> None:
-        while self._waiting:
-            self._release(self._waiting.popleft())
+        with self._sched:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for tracked in waiting:
+            self._release(tracked)
+
+    def _running_count(self) -> int:
+        with self._sched:
+            return len(self._running)
 
     # Settling
 
@@ -541,7 +581,8 @@ class Worker:
         self.observers.emit(tracked.event(kind, self.consumer.queue_url, detail=detail))
         with self._cond:
             self._held -= 1
-            self._cond.notify_all()
+            if self.capacity - self._held == self._wanted:  # a receive batch fits again
+                self._cond.notify_all()
 
 
 def _runtime_error(message: SQSMessage, error: BaseException) -> Result:
