@@ -156,6 +156,9 @@ class Settler:
         return left
 
     def _add(self, entry: _Entry) -> None:
+        if self._closing:  # finished after the shutdown's deadline (e.g. a handler cancelled at shutdown)
+            self.done(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")
+            return
         with self._cond:
             self._entries += 1
             pending = self._pending[entry.step]

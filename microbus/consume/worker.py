@@ -301,7 +301,8 @@ class Worker:
     def join(self) -> None:
         """Wait for the stop, then shut down: running handlers get the grace period (counted from the
         stop), what they leave is settled, and every background activity ends. Every wait is bounded."""
-        self._stopping.wait()
+        while not self._stopping.wait(0.5):
+            pass
         if self._supervisor is None or self._settler is None:  # stopped before it started
             return
         deadline = self._stop_at + self.grace_period_s
