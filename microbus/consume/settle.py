@@ -132,7 +132,7 @@ class Settler:
         self._add(_Entry(tracked, Step.SEND, EventKind.DEAD_LETTERED, copy=copy))
 
     def close(self, timeout_s: float) -> int:
-        """Flush everything pending (retries at once) and wait at most ``timeout_s``; give up on the rest.
+        """Flush everything pending (retries keep their backoff) and wait at most ``timeout_s``; give up on the rest.
 
         Returns how many messages were given up on (they reappear after their visibility timeout).
         """
@@ -183,7 +183,7 @@ class Settler:
 
     def _promote_due_retries(self) -> None:
         now = time.monotonic()
-        while self._retry and (self._retry[0][0] <= now or self._closing):
+        while self._retry and self._retry[0][0] <= now:
             _, _, entry = heapq.heappop(self._retry)
             self._pending[entry.step].append(entry)
 

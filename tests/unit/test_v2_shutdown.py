@@ -55,3 +55,34 @@ def test_unstarted_messages_are_released_at_once_while_a_handler_still_runs():
         joiner.join(20)
     assert not joiner.is_alive()
     assert worker.stats.released == 4
+
+
+@pytest.mark.timeout(60)
+def test_a_receive_that_returns_after_the_stop_is_released_at_once():
+    # Given a receive that is still on the wire when the worker stops (a long poll), and returns messages later
+    class SlowPoll(StubQueue):
+        def __post_init__(self):
+            super().__post_init__()
+            self.polling, self.answer = threading.Event(), threading.Event()
+
+        def receive(self, **kwargs):
+            self.polling.set()
+            self.answer.wait(30)
+            return super().receive(**kwargs)
+
+    queue = SlowPoll()
+    for i in range(3):
+        queue.put(order(i))
+    handled = []
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}))
+    worker = Worker(consumer=queue.consumer(SchemaRegistry()), dispatcher=dispatcher, grace_period_s=1)
+    worker.start()
+    assert queue.polling.wait(5)
+    # When the worker stops, its join returns without waiting for the poll, and then the poll returns
+    worker.stop()
+    worker.join()
+    queue.answer.set()
+    # Then what it received is returned to the queue at once, unhandled
+    wait_for(lambda: worker.stats.released == 3, timeout_s=5, what="the late receive to be released")
+    assert handled == []
+    assert len(StubQueue.receive(queue, max_messages=10, wait_time_seconds=0)) == 3

@@ -1,0 +1,139 @@
+"""The settler on the stub queue: batches, concurrency, scheduled retries, dead-letter order, give-ups."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from microbus import EventKind
+from microbus.consume.lifecycle import Observers, Tracked
+from microbus.consume.settle import Settler
+from microbus.consume.supervision import Supervisor
+from microbus.errors import EndpointUnreachableError
+from microbus.testing import StubQueue, wait_for
+from microbus.wire.transport import OutgoingMessage
+
+
+def held(queue: StubQueue, n: int) -> list[Tracked]:
+    for i in range(n):
+        queue.put({"mediaType": "x", "n": i})
+    return [Tracked(m) for m in queue.consumer().consume(limit=n)]
+
+
+class Outcomes:
+    def __init__(self):
+        self.done: dict[str, tuple[EventKind, str | None]] = {}
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, tracked, kind, detail):
+        with self._lock:
+            self.calls += 1
+            self.done[tracked.message.message_id] = (kind, detail)
+
+
+def settler(queue: StubQueue, outcomes: Outcomes, **options) -> tuple[Settler, Supervisor]:
+    supervisor = Supervisor(queue_url=queue.queue_url, observers=Observers())
+    options.setdefault("retry_base_s", 0.05)
+    return Settler(transport=queue, dead_letters=queue, done=outcomes, supervisor=supervisor, **options), supervisor
+
+
+@pytest.mark.timeout(30)
+def test_a_transient_batch_failure_is_retried_while_other_batches_go_on():
+    # Given a queue whose first delete call fails transiently
+    class Flaky(StubQueue):
+        failures = 1
+
+        def delete_batch(self, handles):
+            if self.failures:
+                self.failures -= 1
+                raise EndpointUnreachableError("down")
+            return super().delete_batch(handles)
+
+    queue, outcomes = Flaky(), Outcomes()
+    messages = held(queue, 20)
+    s, supervisor = settler(queue, outcomes)
+    # When 20 deletes are asked for
+    for tracked in messages:
+        s.delete(tracked)
+    # Then all are deleted, each reported once as settled, none given up
+    wait_for(lambda: len(outcomes.done) == 20, timeout_s=10, what="every delete to settle")
+    assert queue.depth == 0 and outcomes.calls == 20
+    assert {kind for kind, _ in outcomes.done.values()} == {EventKind.SETTLED}
+    assert s.close(1.0) == 0
+    supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_stale_receipt_is_given_up_at_once_and_reported():
+    queue, outcomes = StubQueue(), Outcomes()
+    (tracked,) = held(queue, 1)
+    queue.delete_batch([tracked.message.receipt_handle])  # deleted elsewhere: the receipt is stale
+    s, supervisor = settler(queue, outcomes)
+    s.delete(tracked)
+    wait_for(lambda: outcomes.done, timeout_s=5)
+    kind, detail = outcomes.done[tracked.message.message_id]
+    assert kind is EventKind.SETTLE_FAILED and "ReceiptHandleIsInvalid" in detail
+    s.close(1.0)
+    supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_letter_copy_is_sent_before_the_original_is_deleted_and_a_failed_send_is_retried():
+    # Given a DLQ whose first send fails transiently
+    class FlakyDlq(StubQueue):
+        failures = 1
+
+        def send_entries(self, messages):
+            if self.failures:
+                self.failures -= 1
+                raise EndpointUnreachableError("down")
+            assert self.depth == 1, "the original was deleted before its copy was sent"
+            return super().send_entries(messages)
+
+    queue, outcomes = FlakyDlq(), Outcomes()
+    (tracked,) = held(queue, 1)
+    s, supervisor = settler(queue, outcomes)
+    # When the message is dead-lettered
+    s.dead_letter(tracked, OutgoingMessage(key="k", body=tracked.message.body, attributes={}))
+    # Then its copy is sent once, then the original deleted, and it is reported dead-lettered
+    wait_for(lambda: outcomes.done, timeout_s=5)
+    assert outcomes.done[tracked.message.message_id][0] is EventKind.DEAD_LETTERED
+    assert len(queue.dead_letters) == 1 and queue.depth == 0
+    s.close(1.0)
+    supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_when_the_original_cannot_be_deleted_after_its_copy_the_failure_says_so():
+    class Undeletable(StubQueue):
+        def delete_batch(self, handles):
+            return list(handles)
+
+    queue, outcomes = Undeletable(), Outcomes()
+    (tracked,) = held(queue, 1)
+    s, supervisor = settler(queue, outcomes)
+    s.dead_letter(tracked, OutgoingMessage(key="k", body=tracked.message.body, attributes={}))
+    wait_for(lambda: outcomes.done, timeout_s=5)
+    kind, detail = outcomes.done[tracked.message.message_id]
+    assert kind is EventKind.SETTLE_FAILED and "copy sent, original not deleted" in detail
+    s.close(1.0)
+    supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_close_gives_up_on_what_cannot_be_settled_by_the_deadline():
+    class Down(StubQueue):
+        def delete_batch(self, handles):
+            raise EndpointUnreachableError("down")
+
+    queue, outcomes = Down(), Outcomes()
+    messages = held(queue, 3)
+    s, supervisor = settler(queue, outcomes, retry_base_s=0.2)
+    for tracked in messages:
+        s.delete(tracked)
+    assert s.close(0.5) == 3
+    wait_for(lambda: len(outcomes.done) == 3, timeout_s=5)
+    assert {kind for kind, _ in outcomes.done.values()} == {EventKind.SETTLE_FAILED}
+    supervisor.stop()
