@@ -16,7 +16,7 @@ from microcosm.object_graph import ObjectGraph
 
 from microbus.consume.consumer import QueueInfo, SQSConsumer, live_queue_warnings
 from microbus.consume.worker import Worker, install_signal_handlers, transport_backoff_s
-from microbus.errors import EndpointUnreachableError, MicrobusError, TransientTransportError
+from microbus.errors import ConfigurationError, EndpointUnreachableError, MicrobusError, TransientTransportError
 from microbus.wire.codecs import PubSubMessageSchema
 from microbus.wire.schemas import media_type_of
 from microbus.wire.transport import translate_errors
@@ -194,15 +194,22 @@ class ConsumerDaemon:
         companions = [
             cls(debug=self.debug, testing=self.testing, **self._companion_overrides()) for cls in self.companions
         ]
-        workers = [
-            daemon.create_worker(
-                concurrency=concurrency,
-                grace_period_s=grace_period_s,
-                heartbeat_fraction=heartbeat_fraction,
-                prefetch=prefetch if daemon is self else None,
-            )
-            for daemon in [self, *companions]
-        ]
+        options: dict[str, Any] = {
+            "concurrency": concurrency,
+            "grace_period_s": grace_period_s,
+            "heartbeat_fraction": heartbeat_fraction,
+        }
+        workers = [self.create_worker(prefetch=prefetch, **options)]
+        for companion in companions:
+            try:
+                worker = companion.create_worker(**options)
+            except ConfigurationError as exc:
+                variable = f"{companion.name.upper().replace('-', '_')}__SQS_CONSUMER__SQS_QUEUE_URL"
+                raise ConfigurationError(
+                    f"{companion.name}: companion of {self.name}: {exc}. A companion does not take --sqs-queue-url: "
+                    f"set {variable} or declare its queue in its topology."
+                ) from exc
+            workers.append(worker)
         install_signal_handlers(workers)
         for daemon, worker in zip([self, *companions], workers, strict=True):
             logger.info(

@@ -312,6 +312,8 @@ class SQSMessageDispatcher:
     def _call(self, handler: Handler | None, message: SQSMessage) -> Any:
         assert handler is not None and message.content is not None
         content = message.content
+        if not self.middleware:
+            return _complete(handler(content))
         idempotent = message.media_type in self.handler_registry.idempotent
         call = HandlerCall(message, self.source, idempotent, lambda: _complete(handler(content)))
         for middleware in reversed(self.middleware):

@@ -145,7 +145,9 @@ class Worker:
         self.consumer = consumer
         self.dispatcher = dispatcher
         self.concurrency = max(1, concurrency)
-        self.receivers = max(1, receivers or default_receivers(self.concurrency))
+        fifo = consumer.queue_url.endswith(".fifo")
+        self.receivers = max(1, receivers or (1 if fifo else default_receivers(self.concurrency)))
+        """Receives in flight; one on a FIFO queue unless asked (moto's FIFO receive is not atomic)."""
         self.prefetch = max(0, prefetch if prefetch is not None else MAX_BATCH * self.receivers)
         self.capacity = self.concurrency + self.prefetch
         self._wanted = max(1, min(MAX_BATCH, self.prefetch))
@@ -399,14 +401,23 @@ class Worker:
     # Scheduling: a lock-protected scheduler; sync handlers on handler threads, async ones on the loop
 
     def _run_loop(self) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
+        """The event loop of async handlers, until the shutdown; then cancelled handlers finish their cleanup."""
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
         try:
-            self._loop.run_forever()
-        except BaseException:
+            while not self._stopped_loop:
+                try:
+                    loop.run_forever()
+                except BaseException:  # noqa: B036 - e.g. a KeyboardInterrupt from a task a handler awaits
+                    logger.exception("An async handler's task raised out of the event loop; the loop goes on")
+            pending = [task for task in self._tasks if not task.done()]
+            if pending:  # cancelled by _shut_loop: let them run their except/finally, and report FINISHED
+                loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+        except BaseException:  # noqa: B036 - the thread must end cleanly whatever happens
             logger.exception("The worker's event loop failed")
         finally:
-            self._loop.close()
+            loop.close()
 
     def _call_soon(self, callback: Callable[..., object], *args: object) -> bool:
         """Run ``callback(*args)`` on the loop's thread; False when the loop is gone."""
