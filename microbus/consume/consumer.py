@@ -14,6 +14,7 @@ from microcosm.api import defaults
 
 from microbus.consume.message import SQSMessage, decode_raw_message
 from microbus.errors import ConfigurationError, TransportError
+from microbus.wire.sanitize import ATTRIBUTE_LIMIT, attribute_text
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import MAX_BATCH, OutgoingMessage, SQSTransport
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
 
 logger = logging.getLogger(__name__)
-
-_ATTRIBUTE_TEXT_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -200,10 +199,15 @@ class SQSConsumer:
 def dead_letter_attributes(
     message: SQSMessage, reason: str, error: BaseException | None, source: str
 ) -> dict[str, Any]:
-    """Message attributes that carry why a message was dead-lettered (at most 10)."""
+    """Message attributes that carry why a message was dead-lettered (at most 10).
+
+    Every text is sanitised (only characters SQS accepts) and bounded (:data:`ATTRIBUTE_LIMIT` characters and
+    UTF-8 bytes): the media type and the error's text come from the message, which is untrusted. Eight
+    attributes of at most 1 KiB each stay far below SQS's limits, beside a body that fitted its queue.
+    """
 
     def text(value: str) -> dict[str, str]:
-        return {"DataType": "String", "StringValue": value[:_ATTRIBUTE_TEXT_LIMIT] or "-"}
+        return {"DataType": "String", "StringValue": attribute_text(value, ATTRIBUTE_LIMIT) or "-"}
 
     attributes = {
         "microbus.reason": text(reason),

@@ -30,6 +30,7 @@ from microbus.errors import (
     SkipMessage,
     TransportError,
 )
+from microbus.wire.sanitize import log_repr, log_text
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -80,6 +81,14 @@ class Result:
     error: BaseException | None = None
     response: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """Ids, outcome and bounded wire values; never the handler's response or extra (they may hold content)."""
+        return (
+            f"Result({self.outcome.label}, media_type={log_repr(self.media_type)}, message_id={self.message_id!r}, "
+            f"receive_count={self.receive_count}, reason={log_repr(self.reason)}, "
+            f"error={type(self.error).__name__ if self.error is not None else None})"
+        )
 
 
 def compute_backoff(
@@ -287,7 +296,7 @@ class SQSMessageDispatcher:
         error = message.error
         handler = self.handler_registry.find(message.media_type) if message.media_type else None
         if error is None and handler is None:
-            error = NoHandlerError(f"No handler for media type {message.media_type!r}")
+            error = NoHandlerError(f"No handler for media type {log_repr(message.media_type)}")
         if error is not None:
             return None, self._reject(functools.partial(_result, message), error)
         return handler, None
@@ -385,21 +394,26 @@ class SQSMessageDispatcher:
 
 
 _RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s"
+_ERROR_LIMIT = 300
+"""Characters of an error's text in the outcome line (it may embed wire values, each already bounded)."""
 
 
 def log_result(result: Result) -> None:
-    """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled."""
+    """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled.
+
+    The media type, reason and error text may come from the wire: each is bounded (:func:`log_text`).
+    """
     level = result.outcome.level
     if not logger.isEnabledFor(level):
         return
     args = (
         result.outcome.label,
-        result.media_type,
+        log_text(result.media_type),
         result.message_id,
         result.receive_count,
         result.elapsed_s,
-        f" reason={result.reason}" if result.reason else "",
-        f" error={type(result.error).__name__}: {result.error}" if result.error else "",
+        f" reason={log_text(result.reason)}" if result.reason else "",
+        f" error={type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else "",
     )
     # makeRecord + handle: the same record and handlers as logger.log, without walking the stack for the caller
     record = logger.makeRecord(logger.name, level, __file__, 0, _RESULT_LINE, args, None, "log_result")

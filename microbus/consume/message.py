@@ -45,6 +45,15 @@ class SQSMessage:
     message_group_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Ids and sizes only: never the body, the content, the attributes' values or the receipt handle."""
+        return (
+            f"SQSMessage(message_id={self.message_id!r}, sns_message_id={self.sns_message_id!r}, "
+            f"receive_count={self.approximate_receive_count}, body={len(self.body)} chars, "
+            f"attributes={len(self.message_attributes)}, decoded={self.content is not None}, "
+            f"error={type(self.error).__name__ if self.error is not None else None})"
+        )
+
     @property
     def opaque_data(self) -> dict[str, Any]:
         """The opaque data carried through the flow (request ids, publish time, …)."""

@@ -93,6 +93,9 @@ class Supervisor:
             failures = self.run_step(name, step, failures)
 
     def _report_down(self, name: str, exc: Exception, failures: int) -> None:
+        if self.stopping:  # e.g. a long poll that outlived the shutdown, cut off with the endpoint
+            logger.debug("%s failed after the stop: %s", name, exc)
+            return
         with self._lock:
             first = name not in self._down
             self._down.setdefault(name, time.monotonic())

@@ -17,7 +17,6 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -34,6 +33,7 @@ from microbus.consume.lifecycle import (
     Tracked,
 )
 from microbus.consume.message import SQSMessage
+from microbus.consume.scheduling import Scheduler
 from microbus.consume.settle import Settler
 from microbus.consume.supervision import Supervisor
 from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError
@@ -168,14 +168,11 @@ class Worker:
         self._max_attempts: int | None = None
         self._supervisor: Supervisor | None = None
         self._settler: Settler | None = None
-        self._sched = threading.Condition()
+        self._scheduler = Scheduler(self.concurrency)
         self._work: queue.SimpleQueue[Tracked | None] = queue.SimpleQueue()
         self._handler_threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._waiting: deque[Tracked] = deque()
-        self._running: set[Tracked] = set()
-        self._busy_groups: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped_loop = False
 
@@ -293,7 +290,8 @@ class Worker:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        self._release_waiting()
+        for tracked in self._scheduler.close():
+            self._release(tracked)
 
     @property
     def stopping(self) -> bool:
@@ -308,9 +306,7 @@ class Worker:
         if self._supervisor is None or self._settler is None:  # stopped before it started
             return
         deadline = self._stop_at + self.grace_period_s
-        with self._sched:
-            self._sched.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
-            running = len(self._running)
+        running = self._scheduler.wait_idle(deadline - time.monotonic())
         if running:
             logger.warning(
                 "%d handlers still running after the %.0fs grace period; their messages will be redelivered",
@@ -437,37 +433,11 @@ class Worker:
         self._loop.stop()
 
     def _enqueue(self, batch: list[Tracked]) -> None:
-        """Received messages wait for a free handler (released at once when stopping)."""
-        with self._sched:
-            if not self.stopping:
-                for tracked in batch:
-                    tracked.advance(MessageState.WAITING)
-                self._waiting.extend(batch)
-                batch = []
-            startable = self._pick()
-        for tracked in batch:
+        """Received messages wait for a free handler (returned at once when stopping)."""
+        startable, refused = self._scheduler.add(batch)
+        for tracked in refused:
             self._release(tracked)
         self._start(startable)
-
-    def _pick(self) -> list[Tracked]:
-        """(Under the scheduler lock.) The waiting messages that may start now: fewer than ``concurrency``
-        running, one at a time per FIFO group, in order of receipt."""
-        picked: list[Tracked] = []
-        if self.stopping:
-            return picked
-        skipped: list[Tracked] = []
-        while len(self._running) < self.concurrency and self._waiting:
-            tracked = self._waiting.popleft()
-            if tracked.group is not None and tracked.group in self._busy_groups:
-                skipped.append(tracked)
-                continue
-            tracked.advance(MessageState.RUNNING)
-            self._running.add(tracked)
-            if tracked.group is not None:
-                self._busy_groups.add(tracked.group)
-            picked.append(tracked)
-        self._waiting.extendleft(reversed(skipped))
-        return picked
 
     def _start(self, startable: list[Tracked]) -> None:
         for tracked in startable:
@@ -509,40 +479,12 @@ class Worker:
         self.observers.emit(
             tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
         )
-        released: list[Tracked] = []
-        with self._sched:
-            self._running.discard(tracked)
-            if tracked.group is not None:
-                self._busy_groups.discard(tracked.group)
-                if result.outcome.action is Action.RETRY:
-                    released = self._take_group(tracked.group)
-            tracked.advance(MessageState.SETTLING)
-            startable = self._pick()
-            if self.stopping:  # join waits for the running handlers
-                self._sched.notify_all()
+        retried = result.outcome.action is Action.RETRY
+        startable, released = self._scheduler.finished(tracked, retried=retried)
         self._settle(tracked, result)
         for later in released:
             self._release(later)
         self._start(startable)
-
-    def _take_group(self, group: str) -> list[Tracked]:
-        """(Under the scheduler lock.) After a failure in a FIFO group, its later waiting messages: they go
-        back unstarted, so the group's order holds when the failed one is retried."""
-        later = [t for t in self._waiting if t.group == group]
-        for tracked in later:
-            self._waiting.remove(tracked)
-        return later
-
-    def _release_waiting(self) -> None:
-        with self._sched:
-            waiting = list(self._waiting)
-            self._waiting.clear()
-        for tracked in waiting:
-            self._release(tracked)
-
-    def _running_count(self) -> int:
-        with self._sched:
-            return len(self._running)
 
     # Settling
 
