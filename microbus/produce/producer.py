@@ -26,7 +26,7 @@ from microbus.errors import (
     TransientTransportError,
     TransportError,
 )
-from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec
+from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec, merge_content
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SNS_MAX_MESSAGE_BYTES = 262_144
+SNS_MAX_BATCH_BYTES = 262_144
+"""Largest total size of one PublishBatch request: the messages and their attributes, all entries together."""
 FIFO_SUFFIX = ".fifo"
 GROUP_ID_FIELD_ATTRIBUTE = "MESSAGE_GROUP_ID_FIELD"
 _RETRYABLE = (TransientTransportError, EndpointUnreachableError)
@@ -91,9 +93,11 @@ def is_fifo_topic(topic_arn: str) -> bool:
 
 def message_size(message: str, message_attributes: dict[str, Any]) -> int:
     """Bytes SNS counts against its limit: the body plus attribute names, types and values."""
-    size = len(message.encode())
+    size = len(message.encode("utf-8", "surrogatepass"))
     for name, value in message_attributes.items():
-        size += len(name.encode()) + len(value["DataType"].encode()) + len(value["StringValue"].encode())
+        size += len(name.encode()) + len(str(value.get("DataType", "")).encode())
+        size += len(str(value.get("StringValue", "")).encode("utf-8", "surrogatepass"))
+        size += len(value.get("BinaryValue", b""))
     return size
 
 
@@ -145,6 +149,11 @@ class SNSProducer:
     ) -> OutgoingMessage:
         """Validate and encode a message without sending it.
 
+        Content may be a dict, keyword arguments, or both, merged without losing a field: ``uri`` and
+        ``opaque_data`` may be in the dict or given as arguments (None: not given); a field in both with
+        different values is an error. Every field must be declared by the schema, unless it opts into
+        ``EXCLUDE`` (see :mod:`microbus.wire.codecs`).
+
         The opaque data gets a fresh ``x-microbus-message-id``, replacing any inherited from a message being
         handled: it identifies this message across producer retries, SNS duplicates and SQS redeliveries,
         raw or enveloped (the idempotency key).
@@ -159,13 +168,19 @@ class SNSProducer:
         """
         topic_arn = self.topic_arns.choose(media_type)
         codec = self.schema_registry.find(media_type)
+        given = {key: value for key, value in (("uri", uri), ("opaque_data", opaque_data)) if value is not None}
+        content = merge_content(dct, {**given, **kwargs}, media_type=media_type)
+        callers_opaque = content.pop("opaque_data", None) or {}
+        if not isinstance(callers_opaque, Mapping):
+            raise MessageValidationError(
+                f"Invalid {media_type} message: opaque_data: Not a valid mapping: {type(callers_opaque).__name__}."
+            )
         opaque = dict(self.opaque() if self.opaque else {})
-        opaque.update(opaque_data or {})
+        opaque.update(callers_opaque)
         opaque[PUBLISHED_KEY] = str(time.time())
         opaque[MESSAGE_ID_KEY] = message_id = uuid.uuid4().hex
-        message = codec.encode(dct, media_type=media_type, uri=uri, opaque_data=opaque, **kwargs)
+        message = codec.encode(content, media_type=media_type, opaque_data=opaque)
         if is_fifo_topic(topic_arn):
-            content = {**(dct or {}), **kwargs}
             message_group_id = self._message_group_id(codec, topic_arn, content, message, message_group_id)
             if deduplication_id is not None:
                 _check_fifo_id(deduplication_id, "deduplication id", media_type)
@@ -273,7 +288,7 @@ class SNSProducer:
         message_group_id: str | None = None,
         deduplication_ids: Sequence[str | None] | None = None,
     ) -> list[str]:
-        """Validate all, then publish in batches of 10; return the message ids in order.
+        """Validate all, then publish in batches (see :meth:`publish_many`); return the message ids in order.
 
         For a FIFO topic, ``message_group_id`` is the group of every message (else each message's group comes
         from ``group_ids`` or the schema), and ``deduplication_ids`` runs parallel to ``contents``.
@@ -294,7 +309,11 @@ class SNSProducer:
         )
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
-        """Publish encoded messages with PublishBatch, per topic, 10 at a time.
+        """Publish encoded messages with PublishBatch, per topic, in order.
+
+        A PublishBatch carries at most 10 messages and at most :data:`SNS_MAX_BATCH_BYTES` (256 KiB: bodies and
+        attributes of all its entries together), so a batch is cut at whichever comes first; a message that alone
+        is near the limit goes alone.
 
         Raises:
             ConfigurationError: a message to a FIFO topic has no group id (nothing was sent).
@@ -304,8 +323,7 @@ class SNSProducer:
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}
         for topic_arn, indexes in _group_by_topic(messages).items():
-            for start in range(0, len(indexes), MAX_BATCH):
-                chunk = indexes[start : start + MAX_BATCH]
+            for chunk in _chunks(indexes, messages):
                 errors.update(self._publish_chunk(topic_arn, chunk, messages, ids))
         if errors:
             raise PublishError(
@@ -492,6 +510,21 @@ def _check_fifo_id(value: Any, what: str, media_type: str) -> str:
             f"Invalid {media_type} message: its {what} {shown} is not 1 to 128 ASCII letters, digits or punctuation."
         )
     return value
+
+
+def _chunks(indexes: Sequence[int], messages: Sequence[OutgoingMessage]) -> Iterator[list[int]]:
+    """The indexes, in order, cut into PublishBatch requests of at most 10 messages and 256 KiB."""
+    chunk: list[int] = []
+    chunk_bytes = 0
+    for index in indexes:
+        size = message_size(messages[index].message, messages[index].message_attributes)
+        if chunk and (len(chunk) == MAX_BATCH or chunk_bytes + size > SNS_MAX_BATCH_BYTES):
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append(index)
+        chunk_bytes += size
+    if chunk:
+        yield chunk
 
 
 def _group_by_topic(messages: Iterable[OutgoingMessage]) -> dict[str, list[int]]:

@@ -2,11 +2,24 @@
 
 The wire format is microcosm-pubsub 3.0.0's: a JSON object with the schema's fields plus
 ``mediaType``, ``opaqueData`` (a string map) and optionally ``uri``.
+
+Fields a schema does not declare:
+
+- **encoding** (producing) refuses them with a :class:`MessageValidationError` naming them, because the wire
+  carries declared fields only and they would be lost without a word. Content keys are the names content is
+  given by (a field's ``attribute``, else its name: ``media_type``, ``opaque_data``, ``uri``, ``order_id``),
+  not wire names (``mediaType``). A schema opts into dropping them silently, as microcosm-pubsub does, the
+  way marshmallow spells it: ``class Meta: unknown = EXCLUDE`` (detected as the schema instance's
+  ``unknown``, which the registry builds from the class with no arguments). ``RAISE`` (marshmallow's
+  default) and ``INCLUDE`` refuse them: nothing would carry an included field to the wire.
+- **decoding** (consuming) always accepts and drops them, whatever the schema's ``unknown``: a newer producer
+  may have added a field this consumer does not know yet.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
@@ -49,24 +62,34 @@ class PubSubMessageCodec:
         self.schema = schema
         self.media_type = type(schema).MEDIA_TYPE
 
-    def encode(self, dct: dict[str, Any] | None = None, **kwargs: Any) -> str:
-        """Validate content and return the wire JSON.
+    def encode(self, dct: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
+        """Validate content, given as a dict, keywords or both, and return the wire JSON.
+
+        The dict and the keywords are merged (see :func:`merge_content`); a ``uri`` of None is left out.
 
         Raises:
-            MessageValidationError: a field is missing or has the wrong type; the message names it.
+            MessageValidationError: a field is missing, has the wrong type, is given twice with different values,
+                or is not declared by the schema (unless it opts into ``EXCLUDE``); the message names it.
         """
-        content = dict(dct or {})
-        content.update(kwargs)
+        content = merge_content(dct, kwargs, media_type=self.media_type)
         content.setdefault("media_type", self.media_type)
         if content.get("uri") is None:
             content.pop("uri", None)
-        errors = self._field_errors(content)
+        errors = self._unknown_errors(content)
+        errors.update(self._field_errors(content))
         if not errors:
             dumped = self.schema.dump(content)
             errors = self.schema.validate(dumped)
         if errors:
             raise MessageValidationError(f"Invalid {self.media_type} message: {_describe(errors)}")
         return json.dumps(dumped, separators=(",", ":"))
+
+    def _unknown_errors(self, content: dict[str, Any]) -> dict[str, Any]:
+        """Content keys the schema does not declare (dump would drop them), unless it opts into EXCLUDE."""
+        if self.schema.unknown == EXCLUDE:
+            return {}
+        known = {field.attribute or name for name, field in self.schema.fields.items()}
+        return {key: ["Unknown field."] for key in content if key not in known}
 
     def _field_errors(self, content: dict[str, Any]) -> dict[str, Any]:
         """Errors that dump would raise without a field name, or would coerce silently (an int as a String)."""
@@ -100,6 +123,23 @@ class PubSubMessageCodec:
                 f"{self.media_type} message does not match its schema: {_describe(exc.messages)}"
             ) from exc
         return loaded
+
+
+def merge_content(dct: Mapping[str, Any] | None, kwargs: Mapping[str, Any], *, media_type: str) -> dict[str, Any]:
+    """Content given as a dict and as keywords, in one dict: no field of either is lost.
+
+    Raises:
+        MessageValidationError: a field is in both with different values; the message names it (not the values).
+    """
+    content = dict(dct or {})
+    conflicts = sorted(key for key, value in kwargs.items() if key in content and content[key] != value)
+    if conflicts:
+        raise MessageValidationError(
+            f"Invalid {media_type} message: {', '.join(conflicts)} given twice with different values, in the "
+            "content dict and as a keyword argument: give each field once."
+        )
+    content.update(kwargs)
+    return content
 
 
 def parse_json_object(text: str) -> dict[str, Any]:

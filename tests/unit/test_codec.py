@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from marshmallow import fields
+from marshmallow import EXCLUDE, RAISE, fields
 
 from microbus import PubSubMessageSchema, schema
 from microbus.consume.message import decode_raw_message
@@ -125,3 +125,51 @@ def test_two_schemas_cannot_claim_one_media_type():
         class Impostor(PubSubMessageSchema):
             MEDIA_TYPE = OrderPlaced.MEDIA_TYPE
             order_id = fields.String()
+
+
+class Strict(PubSubMessageSchema):
+    """Says outright that it raises on unknown fields (marshmallow's default)."""
+
+    MEDIA_TYPE = "application/vnd.microbus.test.strict"
+
+    order_id = fields.String(required=True)
+
+    class Meta:
+        unknown = RAISE
+
+
+class Lenient(PubSubMessageSchema):
+    MEDIA_TYPE = "application/vnd.microbus.test.lenient"
+
+    order_id = fields.String(required=True)
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+def test_encode_keeps_a_uri_given_in_the_content_dict():
+    assert json.loads(codec().encode({"order_id": "o", "uri": "https://x/o"}))["uri"] == "https://x/o"
+
+
+def test_encode_refuses_a_field_given_in_the_dict_and_as_a_keyword_with_different_values():
+    with pytest.raises(MessageValidationError, match="uri"):
+        codec().encode({"order_id": "o", "uri": "https://x/a"}, uri="https://x/b")
+
+
+def test_encode_refuses_fields_the_schema_does_not_declare_naming_them():
+    with pytest.raises(MessageValidationError, match="coupon_code: Unknown field"):
+        codec().encode({"order_id": "o"}, coupon_code="SAVE10")
+
+
+def test_encode_drops_undeclared_fields_of_a_schema_that_opts_into_exclude():
+    registry = SchemaRegistry({Lenient.MEDIA_TYPE: Lenient})
+    assert "coupon_code" not in json.loads(registry.find(Lenient.MEDIA_TYPE).encode(order_id="o", coupon_code="x"))
+
+
+@pytest.mark.parametrize("cls", [OrderPlaced, Strict, Lenient])
+def test_decode_accepts_fields_a_newer_producer_added_whatever_the_schema_says_about_unknown(cls):
+    registry = SchemaRegistry({cls.MEDIA_TYPE: cls})
+    body = json.dumps({"mediaType": cls.MEDIA_TYPE, "order_id": "o", "added_later": 1})
+    message = decode_raw_message(raw(body), schema_registry=registry)
+    assert message.error is None
+    assert message.content == {"media_type": cls.MEDIA_TYPE, "order_id": "o"}

@@ -10,6 +10,7 @@ from botocore.stub import ANY, Stubber
 
 from microbus import MessageTooLargeError, MessageValidationError, PublishError, SNSProducer, TopicArns
 from microbus.errors import TopicNotDefinedError, TransientTransportError
+from microbus.produce.producer import SNS_MAX_BATCH_BYTES, message_size
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport
 from schemas import OrderPlaced, PaymentCaptured
@@ -161,3 +162,54 @@ def test_a_batch_that_fails_for_good_midway_reports_what_was_sent_and_what_was_n
     assert caught.value.message_ids == [f"m{i}" for i in range(10)] + [None] * 5
     assert sorted(caught.value.failed) == list(range(10, 15))
     assert "AuthorizationError" in str(caught.value)
+
+
+class RecordingTransport:
+    """Stands in for SNSTransport: accepts every PublishBatch and records what each carried."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, dict]]] = []
+
+    def publish_batch(self, topic_arn, entries, **_):
+        self.batches.append(list(entries))
+        start = sum(len(batch) for batch in self.batches[:-1])
+        return [f"m{start + i}" for i in range(len(entries))], {}
+
+
+def batch_bytes(batch):
+    return sum(message_size(message, attributes) for message, attributes in batch)
+
+
+def recording_producer():
+    transport = RecordingTransport()
+    return transport, SNSProducer(transport=transport, schema_registry=SchemaRegistry(), topic_arns=TopicArns(TOPIC))
+
+
+def test_a_batch_is_split_so_that_no_publish_batch_is_over_256_kib():
+    # Given 10 messages of 40 KiB (410 KiB in all: under 10 messages, over 256 KiB)
+    transport, sns_producer = recording_producer()
+    contents = [{"order_id": str(i) * 40 * 1024} for i in range(10)]
+    # When they are produced as a batch
+    ids = sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
+    # Then they go out in at least two PublishBatch calls, each within SNS's limit, all of them in order
+    assert len(transport.batches) >= 2
+    assert all(batch_bytes(batch) <= SNS_MAX_BATCH_BYTES for batch in transport.batches)
+    sent = [json.loads(message)["order_id"] for batch in transport.batches for message, _ in batch]
+    assert sent == [content["order_id"] for content in contents]
+    assert ids == [f"m{i}" for i in range(10)]
+
+
+def test_a_message_near_the_limit_goes_alone():
+    transport, sns_producer = recording_producer()
+    empty = sns_producer.create_message(OrderPlaced.MEDIA_TYPE, order_id="")
+    near = SNS_MAX_BATCH_BYTES - message_size(empty.message, empty.message_attributes) - 100
+    contents = [{"order_id": "a"}, {"order_id": "b" * near}, {"order_id": "c"}]
+    sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
+    assert [len(batch) for batch in transport.batches] == [1, 1, 1]
+    assert all(batch_bytes(batch) <= SNS_MAX_BATCH_BYTES for batch in transport.batches)
+
+
+def test_small_messages_still_go_10_at_a_time():
+    transport, sns_producer = recording_producer()
+    sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": str(i)} for i in range(25)])
+    assert [len(batch) for batch in transport.batches] == [10, 10, 5]
