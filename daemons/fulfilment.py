@@ -124,7 +124,11 @@ class FulfilmentDaemon(ConsumerDaemon):
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return {**super().defaults, "sqs_message_dispatcher": {"middleware": ["parallel_reporter"]}}
+        return {
+            **super().defaults,
+            "sqs_message_dispatcher": {"middleware": ["parallel_reporter"]},
+            "parallel_reporter": {"allowed_reply_queues": ["fulfilment-callbacks"]},  # reports go nowhere else
+        }
 
 
 class FulfilmentCallbacksDaemon(CallbackDaemon):
@@ -152,7 +156,12 @@ TOPOLOGY = Topology(
     tables=(Table(name=FAN_IN_TABLE),),
     daemons=(
         Daemon.of(FulfilmentDaemon, queue="fulfilment", sends_to=("fulfilment-callbacks",)),
-        Daemon(name=FulfilmentCallbacksDaemon.name, queue="fulfilment-callbacks", tables=(FAN_IN_TABLE,)),
+        Daemon(
+            name=FulfilmentCallbacksDaemon.name,
+            queue="fulfilment-callbacks",
+            sends_to=("fulfilment-callbacks",),  # one invocation message per callback, back to its own queue
+            tables=(FAN_IN_TABLE,),
+        ),
     ),
 )
 

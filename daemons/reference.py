@@ -9,10 +9,18 @@ from daemons import fulfilment, orders
 from microbus.topology import Producer, Topology
 
 # Whoever fans orders out (the demo uses the orders daemon's graph) publishes the targets' media types
-# and writes nothing else: the callback queue is fed by the fulfilment daemon.
+# and sends the fan-in's deadline to the callback queue; the targets' reports come from the fulfilment daemon.
 TOPOLOGY = orders.TOPOLOGY.merged(
     fulfilment.TOPOLOGY,
-    Topology(producers=(Producer(name="fulfilment-invoker", produces=fulfilment.TARGET_MEDIA_TYPES),)),
+    Topology(
+        producers=(
+            Producer(
+                name="fulfilment-invoker",
+                produces=fulfilment.TARGET_MEDIA_TYPES,
+                sends_to=("fulfilment-callbacks",),
+            ),
+        )
+    ),
 )
 
 __all__ = ["TOPOLOGY"]

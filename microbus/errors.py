@@ -85,6 +85,10 @@ class EndpointUnreachableError(TransportError):
     """The SNS/SQS endpoint could not be reached (connection refused, reset, DNS, timeout)."""
 
 
+class UnexpectedResponseError(TransportError, ConfigurationError):
+    """Something other than AWS (or an emulator) answered at the endpoint: an HTML page, an unparsable body."""
+
+
 class TransientTransportError(TransportError):
     """Throttling or a server-side (5xx) error: the call may succeed when retried."""
 
@@ -95,6 +99,16 @@ class QueueNotFoundError(TransportError, ConfigurationError):
 
 class TopicNotFoundError(TransportError, ConfigurationError):
     """The SNS topic does not exist."""
+
+
+class AccessDeniedError(TransportError, ConfigurationError):
+    """The credentials' IAM policy does not allow a call microbus needs (AccessDenied): fix the policy, not a retry."""
+
+
+ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError", "NotAuthorized"}
+)
+"""ClientError codes AWS services answer when IAM refuses a call."""
 
 
 class PublishError(TransportError):

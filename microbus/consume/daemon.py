@@ -154,25 +154,58 @@ class ConsumerDaemon:
         unreachable endpoint is not an error here: the worker waits for it when it starts. ``prefetch`` None
         takes ``worker.prefetch`` from the configuration, else the worker's default.
 
+        With idempotent handlers, the idempotency guard's lease must cover the handler timeout, and its store
+        must allow the guard's calls (probed without writing; deferred, like the queue check, while unreachable).
+
         Raises:
             QueueNotFoundError: the queue does not exist.
+            ConfigurationError: the idempotency lease is shorter than the handler timeout, or the idempotency
+                store refuses the guard's calls (AccessDeniedError) or does not exist.
         """
         if self._graph is None:
             aws = self.overrides.setdefault("aws", {})
             aws.setdefault("max_pool_connections", Worker.connections_for(concurrency) + 4)
+        dispatcher = getattr(self.graph, self.dispatcher_component)
+        guards = self._idempotency_guards(dispatcher)
+        for guard in guards:
+            guard.check_handler_timeout(self._handler_timeout_s(), daemon=self.name)
         try:
             self.check_queue()
         except (EndpointUnreachableError, TransientTransportError) as exc:
             logger.debug("Queue check deferred until the queue is reachable: %s", exc)
+        for guard in guards:
+            try:
+                guard.check_store()
+            except (EndpointUnreachableError, TransientTransportError) as exc:
+                logger.debug("Idempotency store check deferred: %s", exc)
         configured = self.graph.config.worker.prefetch if "worker" in self.graph.config else None
         return Worker(
             consumer=self.graph.sqs_consumer,
-            dispatcher=getattr(self.graph, self.dispatcher_component),
+            dispatcher=dispatcher,
             concurrency=concurrency,
             prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
             grace_period_s=grace_period_s,
             heartbeat_fraction=heartbeat_fraction,
         )
+
+    def _handler_timeout_s(self) -> float | None:
+        """The daemon's handler timeout: its own, else its topology's declaration (None: not declared)."""
+        if self.handler_timeout_s is not None:
+            return self.handler_timeout_s
+        declared = self._declaration(self.graph)
+        return declared.handler_timeout_s if declared is not None else None
+
+    @staticmethod
+    def _idempotency_guards(dispatcher: Any) -> list[Any]:
+        """The dispatcher's idempotency guards (patterns layer, so found by their marker), when handlers use one."""
+        registry = getattr(dispatcher, "handler_registry", None)
+        if registry is None or not registry.idempotent:
+            return []
+        return [
+            m
+            for m in getattr(dispatcher, "middleware", ())
+            if m.guards_idempotent_handlers and hasattr(m, "check_handler_timeout") and hasattr(m, "check_store")
+        ]
 
     @classmethod
     def main(cls) -> None:

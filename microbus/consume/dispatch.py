@@ -182,8 +182,10 @@ class SQSMessageDispatcher:
         source: the daemon's name, recorded on dead letters.
         skip_unknown_media_types: ack (IGNORED) messages this daemon has no handler/schema for,
             for queues that carry several services' messages; otherwise they are dead-lettered.
-        delete_undeliverable: when there is no DLQ, delete (and log) poison messages instead of
-            leaving them to the queue's redrive policy.
+        delete_undeliverable: when there is no DLQ, delete (and log) poison messages (REJECTED: undecodable,
+            unknown media type, no handler, schema violation) instead of leaving them to the queue's redrive
+            policy. Messages that exhausted their attempts (EXPIRED) are never deleted: they may succeed once
+            the handler is fixed, so the redrive policy keeps them.
         middleware: hooks run around each message, in order (``after_handle`` in reverse order).
 
     Raises:
@@ -376,9 +378,10 @@ class SQSMessageDispatcher:
             logger.warning("Could not %s message %r: %s", action.value, message.message_id, exc)
 
     def without_dead_letter_queue(self, result: Result, message: SQSMessage) -> tuple[Action, int]:
-        """What to do with a message to dead-letter when the queue has none: delete it (``delete_undeliverable``)
-        or leave it to the queue's redrive policy, visible again after the backoff."""
-        if self.delete_undeliverable:
+        """What to do with a message to dead-letter when the queue has none: delete it when it is poison
+        (REJECTED) and ``delete_undeliverable`` is set, else leave it to the queue's redrive policy, visible
+        again after the backoff."""
+        if self.delete_undeliverable and result.outcome is Outcome.REJECTED:
             logger.error("Deleting undeliverable message %r (no DLQ): %s", message.message_id, result.reason)
             return Action.ACK, 0
         logger.error(

@@ -2,29 +2,40 @@
 
 Patterns layer, installed as dispatcher middleware (``sqs_message_dispatcher.middleware =
 ["parallel_reporter"]``) in the daemons that run targets.
+
+A target message names its callback queue (``x-microbus-reply-to``), and whoever may publish to the
+target's topic chooses it: the reporter only reports to the queues it is configured with
+(``parallel_reporter.allowed_reply_queues``, default ``parallel.callback_queue_url``). A target naming
+another queue is not run; it is dead-lettered (REJECTED, reason ``reply-to-not-allowed``) with one
+bounded log line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import traceback
 import uuid
+from collections.abc import Iterable
 from contextvars import Token
 from enum import Enum
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from microcosm.api import defaults
 
-from microbus.consume.dispatch import Middleware, Outcome, Result
+from microbus.consume.dispatch import Action, AsyncHandlerCall, HandlerCall, Middleware, Outcome, Result
 from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
     PatternError,
     ResponseNotSerializableError,
     ResponseTooLargeError,
+    SkipMessage,
     TransportError,
 )
+from microbus.patterns.idempotency import stored_response
 from microbus.patterns.parallel import (
     CID_KEY,
     ParallelRequest,
@@ -44,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 CALLBACK_MAX_BYTES = 262_144
 _EXCEPTION_TEXT_LIMIT = 32_768
+_LOGGED_LIMIT = 200
+REPLY_TO_NOT_ALLOWED = "reply-to-not-allowed"
 
 
 class FailureMode(Enum):
@@ -76,17 +89,90 @@ def exception_text(error: BaseException | None, reason: str | None) -> str:
     return text if len(text) <= _EXCEPTION_TEXT_LIMIT else text[-_EXCEPTION_TEXT_LIMIT:]
 
 
+def _bounded(value: str) -> str:
+    """A wire value fit for a log line: repr, truncated, with its original length."""
+    shown = repr(value)
+    return shown if len(shown) <= _LOGGED_LIMIT else f"{shown[:_LOGGED_LIMIT]}… ({len(value)} chars)"
+
+
+class ReplyQueues:
+    """The callback queues a target daemon may report to: queue URLs, SQS ARNs or bare queue names.
+
+    A URL matches itself (ignoring a trailing slash); an ARN matches URLs of its account and queue name (and
+    region, when the URL names one, as AWS's do); a name matches a URL whose last path segment it is, on the
+    host and account of ``home_queue_url`` (the daemon's own queue) when given, else on any.
+    """
+
+    _AWS_REGION = re.compile(r"(?:^|\.)(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.")
+
+    def __init__(self, entries: Iterable[str], *, home_queue_url: str | None = None) -> None:
+        self.entries = tuple(e.strip() for e in entries if e and e.strip())
+        self._home = _host_and_account(home_queue_url) if home_queue_url else None
+        self._urls = {e.rstrip("/") for e in self.entries if "://" in e}
+        self._names = {e for e in self.entries if "://" not in e and not e.startswith("arn:")}
+        self._arns: set[tuple[str, str, str]] = set()
+        for entry in self.entries:
+            parts = entry.split(":")
+            if entry.startswith("arn:") and len(parts) == 6 and parts[2] == "sqs":
+                self._arns.add((parts[3], parts[4], parts[5]))
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def allows(self, reply_to: str) -> bool:
+        """Whether ``reply_to`` (a queue URL from the wire) is one of these queues."""
+        if reply_to.rstrip("/") in self._urls:
+            return True
+        try:
+            url = urlsplit(reply_to)
+        except ValueError:
+            return False
+        if url.scheme not in ("http", "https") or url.query or url.fragment:
+            return False
+        path = [p for p in url.path.split("/") if p]
+        if not path:
+            return False
+        if path[-1] in self._names and len(path) <= 2:
+            return self._home is None or self._home == _host_and_account(reply_to)
+        if len(path) != 2:
+            return False
+        found = self._AWS_REGION.search(url.hostname or "")
+        region = found.group(1) if found else None
+        return any(
+            account == path[0] and name == path[1] and (region is None or arn_region in (region, "*"))
+            for arn_region, account, name in self._arns
+        )
+
+
+def _host_and_account(url: str) -> tuple[str, str]:
+    """The host and the first path segment (the account) of a queue URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ("", "")
+    path = [p for p in parts.path.split("/") if p]
+    return ((parts.hostname or "").lower(), path[0] if len(path) == 2 else "")
+
+
 class ParallelReporter(Middleware):
     """Target-daemon middleware: sets the current cid, and reports each finished target to its callback queue.
 
     The target's message is acked only after its report was sent; a failed send turns the outcome
-    into a retry (reason ``callback-send-failed``).
+    into a retry (reason ``callback-send-failed``). A duplicate of an idempotent target (its handler not
+    run again) reports the response its first run stored.
 
     Parameters:
         sqs_client: sends reports.
         schema_registry: encodes reports.
+        allowed_reply_queues: the callback queues reports may go to (URLs, SQS ARNs or names); a target
+            naming another is dead-lettered without running (see :class:`ReplyQueues`).
+        home_queue_url: the daemon's own queue; names in ``allowed_reply_queues`` match only on its host and
+            account.
         mode: what to do when a target's handler raised (:class:`FailureMode`).
         max_message_bytes: size limit of a report; a larger response is reported as a failure.
+
+    Raises:
+        ConfigurationError: no allowed reply queue.
     """
 
     def __init__(
@@ -94,27 +180,79 @@ class ParallelReporter(Middleware):
         *,
         sqs_client: Any,
         schema_registry: SchemaRegistry,
+        allowed_reply_queues: Iterable[str],
         mode: FailureMode = FailureMode.REPORT,
         max_message_bytes: int = CALLBACK_MAX_BYTES,
+        home_queue_url: str | None = None,
     ) -> None:
+        self.reply_queues = ReplyQueues(
+            [allowed_reply_queues] if isinstance(allowed_reply_queues, str) else allowed_reply_queues,
+            home_queue_url=home_queue_url,
+        )
+        if not self.reply_queues:
+            raise ConfigurationError(
+                "The parallel reporter has no reply queue to report to: set parallel_reporter.allowed_reply_queues "
+                "(or parallel.callback_queue_url) to the callback queues this daemon's targets report to"
+            )
         self.sqs_client = sqs_client
         self.schema_registry = schema_registry
         self.mode = mode
         self.max_message_bytes = max_message_bytes
         self._active: dict[int, tuple[ParallelRequest | None, Token[str | None]]] = {}
+        self._refused: set[int] = set()
         self._lock = threading.Lock()
+
+    def allows(self, reply_to: str) -> bool:
+        """Whether reports may be sent to ``reply_to``."""
+        return self.reply_queues.allows(reply_to)
 
     def before_handle(self, message: SQSMessage) -> None:
         request = ParallelRequest.from_message(message)  # read once per message, kept until after_handle
         token = bind_cid(request.cid if request else None)
+        refused = request is not None and not self.allows(request.reply_to)
+        if refused:
+            assert request is not None
+            logger.warning(
+                "Target %s of cid %s (message %r) asks to report to %s, which is not one of "
+                "parallel_reporter.allowed_reply_queues: dead-lettered without running it",
+                _bounded(request.target),
+                _bounded(request.cid),
+                message.message_id,
+                _bounded(request.reply_to),
+            )
         with self._lock:
             self._active[id(message)] = (request, token)
+            if refused:
+                self._refused.add(id(message))
+
+    def _is_refused(self, message: SQSMessage) -> bool:
+        with self._lock:
+            return id(message) in self._refused
+
+    def around_handler(self, call: HandlerCall) -> Any:
+        """A target with a foreign reply queue is not run (``after_handle`` dead-letters it)."""
+        if self._is_refused(call.message):
+            raise SkipMessage(REPLY_TO_NOT_ALLOWED)
+        return call.call()
+
+    async def around_handler_async(self, call: AsyncHandlerCall) -> Any:
+        """The same for async targets."""
+        if self._is_refused(call.message):
+            raise SkipMessage(REPLY_TO_NOT_ALLOWED)
+        return await call.call()
 
     def after_handle(self, message: SQSMessage, result: Result) -> None:
         with self._lock:
             request, token = self._active.pop(id(message), (None, None))
+            refused = id(message) in self._refused
+            self._refused.discard(id(message))
         if token is not None:
             unbind_cid(token)
+        if refused:
+            if result.outcome.action is not Action.DEAD_LETTER:
+                result.outcome, result.reason, result.response = Outcome.REJECTED, REPLY_TO_NOT_ALLOWED, None
+                result.error = PatternError("x-microbus-reply-to is not one of parallel_reporter.allowed_reply_queues")
+            return
         if request is None or not should_report(result.outcome, self.mode):
             return
         try:
@@ -142,6 +280,11 @@ class ParallelReporter(Middleware):
         ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
         response = result.response if ok else None
         exception = None if ok else exception_text(result.error, result.reason)
+        stored = stored_response(result)
+        if stored is not None:  # a duplicate: report what its first run stored
+            response = stored.value
+            if stored.problem is not None:
+                ok, exception = False, f"{type(lost := self._lost(request, stored.problem)).__name__}: {lost}"
         body = self._encode(request, response=response, ok=ok, exception=exception)
         problem = self._unsendable(request, body)
         if problem is not None:
@@ -150,6 +293,19 @@ class ParallelReporter(Middleware):
         assert body is not None
         transport = SQSTransport(client=self.sqs_client, queue_url=request.reply_to)
         return transport.send(body, {"media_type": {"DataType": "String", "StringValue": TargetReport.MEDIA_TYPE}})
+
+    @staticmethod
+    def _lost(request: ParallelRequest, problem: str) -> PatternError:
+        """Why a duplicate's report cannot carry the response of the run that completed it."""
+        text = (
+            f"The response of target {request.target!r} was not kept by the idempotency guard ({problem}), and this "
+            f"delivery is a duplicate of the run that returned it"
+        )
+        if "bytes" in problem:
+            return ResponseTooLargeError(f"{text}: return a reference (e.g. an S3 key) instead")
+        if "not JSON" in problem:
+            return ResponseNotSerializableError(f"{text}: return plain data")
+        return PatternError(text)
 
     def _unsendable(self, request: ParallelRequest, body: str | None) -> PatternError | None:
         """Why a report cannot travel as it is (its response is not JSON, or too large), else None."""
@@ -181,21 +337,33 @@ class ParallelReporter(Middleware):
             return None
 
 
-@defaults(mode=FailureMode.REPORT.value, max_message_bytes=CALLBACK_MAX_BYTES)
+@defaults(mode=FailureMode.REPORT.value, max_message_bytes=CALLBACK_MAX_BYTES, allowed_reply_queues=None)
 def configure_parallel_reporter(graph: ObjectGraph) -> ParallelReporter:
     """microcosm factory: ``graph.parallel_reporter``; list it in ``sqs_message_dispatcher.middleware``.
 
+    ``parallel_reporter.allowed_reply_queues`` is a list (or comma-separated text) of queue URLs, SQS ARNs or
+    names; without it, ``parallel.callback_queue_url``.
+
     Raises:
-        ConfigurationError: ``parallel_reporter.mode`` is neither ``report`` nor ``retry-first``.
+        ConfigurationError: ``parallel_reporter.mode`` is neither ``report`` nor ``retry-first``, or no reply
+            queue is allowed.
     """
     config = graph.config.parallel_reporter
     try:
         mode = FailureMode(config.mode)
     except ValueError:
         raise ConfigurationError(f"parallel_reporter.mode is {config.mode!r}: use 'report' or 'retry-first'") from None
+    allowed = config.allowed_reply_queues
+    if isinstance(allowed, str):
+        allowed = allowed.split(",")
+    if not allowed:
+        callback_queue_url = graph.config.parallel.callback_queue_url if "parallel" in graph.config else None
+        allowed = [callback_queue_url] if callback_queue_url else []
     return ParallelReporter(
         sqs_client=graph.sqs_client,
         schema_registry=graph.pubsub_message_schema_registry,
+        allowed_reply_queues=list(allowed),
+        home_queue_url=graph.config.sqs_consumer.sqs_queue_url or None,
         mode=mode,
         max_message_bytes=int(config.max_message_bytes),
     )

@@ -17,7 +17,13 @@ CONSUME_ACTIONS = [
 ]
 SEND_ACTIONS = ["sqs:GetQueueUrl", "sqs:SendMessage"]
 PUBLISH_ACTIONS = ["sns:Publish"]
-TABLE_ACTIONS = ["dynamodb:GetItem", "dynamodb:UpdateItem"]  # what the fan-in store does
+TABLE_ACTIONS = [
+    "dynamodb:DeleteItem",  # the idempotency store releases a failed run's claim
+    "dynamodb:GetItem",  # both stores read records
+    "dynamodb:PutItem",  # the idempotency store claims and completes keys
+    "dynamodb:UpdateItem",  # the fan-in store records targets and claims on-final callbacks
+]
+"""What microbus's stores call on a table (tests/integration/test_iam_calls.py records the calls and checks them)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +50,8 @@ def iam_policy(topology: Topology, name: str, *, arns: ArnBuilder) -> dict[str, 
 
     A daemon receives, deletes and changes the visibility of its queue's messages and sends poison
     messages to its DLQ; anyone publishes its ``produces`` media types to their topics, sends to its
-    ``sends_to`` queues and gets/updates items of its ``tables`` (the fan-in store's calls).
+    ``sends_to`` queues (a callback daemon lists its own queue: it sends invocations back to it) and
+    gets/puts/updates/deletes items of its ``tables`` (the fan-in and idempotency stores' calls).
 
     Raises:
         TopologyError: no daemon or producer has that name.

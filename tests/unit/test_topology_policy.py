@@ -57,7 +57,7 @@ def test_callback_queue_fan_in_table_and_kms_keys_are_covered():
     by_sid = statements(iam_policy(topology, "worker", arns=ARNS))
     assert by_sid["Send"][1] == ["arn:aws:sqs:eu-west-1:111122223333:callbacks"]
     assert by_sid["Tables"] == (
-        ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+        ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
         ["arn:aws:dynamodb:eu-west-1:111122223333:table/fanin"],
     )
     assert by_sid["KmsAliasBus"] == (
