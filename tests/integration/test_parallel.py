@@ -238,19 +238,19 @@ REPORT = dict(cid="c-1", source="s", req_ts_utc="t0", on_target=["each"], on_fin
 
 def test_the_store_counts_a_target_once_and_lets_one_delivery_claim_on_final(fan_in_store):
     # Given one target recorded, then recorded again by another delivery
-    assert fan_in_store.record({**REPORT, "target": "a"}, {"target": "a"}, delivery_id="d-1")[0] is True
-    recorded, state = fan_in_store.record({**REPORT, "target": "a"}, {"target": "a", "late": True}, delivery_id="d-2")
+    assert fan_in_store.record({**REPORT, "target": "a"}, {"target": "a"}, report_id="d-1")[0] is True
+    recorded, state = fan_in_store.record({**REPORT, "target": "a"}, {"target": "a", "late": True}, report_id="d-2")
     # Then the second changes nothing
     assert recorded is False
     assert (state.completed, state.recorded_by) == (frozenset({"a"}), "d-1")
     # When the last target is recorded, only one delivery can claim on-final, until it was sent
-    recorded, state = fan_in_store.record({**REPORT, "target": "b"}, {"target": "b"}, delivery_id="d-3")
+    recorded, state = fan_in_store.record({**REPORT, "target": "b"}, {"target": "b"}, report_id="d-3")
     assert recorded and state.completed == frozenset({"a", "b"}) and state.expected == 2
-    assert fan_in_store.claim_final("c-1", delivery_id="d-3") is True
-    assert fan_in_store.claim_final("c-1", delivery_id="d-2") is False
-    assert fan_in_store.claim_final("c-1", delivery_id="d-3") is True
+    assert fan_in_store.claim_final("c-1", claimant="d-3") is True
+    assert fan_in_store.claim_final("c-1", claimant="d-2") is False
+    assert fan_in_store.claim_final("c-1", claimant="d-3") is True
     fan_in_store.mark_final_sent("c-1")
-    assert fan_in_store.claim_final("c-1", delivery_id="d-3") is False
+    assert fan_in_store.claim_final("c-1", claimant="d-3") is False
     # And the record holds the first payload of each target, and expires
     record = fan_in_store.load("c-1")
     assert sorted(record.results, key=lambda r: r["target"]) == [{"target": "a"}, {"target": "b"}]
@@ -260,9 +260,9 @@ def test_the_store_counts_a_target_once_and_lets_one_delivery_claim_on_final(fan
 
 def test_results_over_the_item_limit_fail_clearly_and_unknown_cids_too(fan_in_store):
     report = {**REPORT, "cid": "c-big", "expected": 3}
-    fan_in_store.record({**report, "target": "a"}, {"response": "x" * 200_000}, delivery_id="d-1")
-    fan_in_store.record({**report, "target": "b"}, {"response": "x" * 150_000}, delivery_id="d-2")
+    fan_in_store.record({**report, "target": "a"}, {"response": "x" * 200_000}, report_id="d-1")
+    fan_in_store.record({**report, "target": "b"}, {"response": "x" * 150_000}, report_id="d-2")
     with pytest.raises(FanInStateError, match="exceed DynamoDB's 400 KB item limit"):
-        fan_in_store.record({**report, "target": "c"}, {"response": "x" * 100_000}, delivery_id="d-3")
+        fan_in_store.record({**report, "target": "c"}, {"response": "x" * 100_000}, report_id="d-3")
     with pytest.raises(FanInStateError, match="No fan-in state for cid 'nope'"):
         fan_in_store.load("nope")

@@ -230,7 +230,11 @@ def test_which_outcomes_are_reported(outcome, mode, reported):
 def run_target(handler, *, mode=FailureMode.REPORT, sqs=None, receive_count=1, max_bytes=262_144, opaque=None):
     sqs = sqs or RecordingSQS()
     reporter = ParallelReporter(
-        sqs_client=sqs, schema_registry=SchemaRegistry(), mode=mode, max_message_bytes=max_bytes
+        sqs_client=sqs,
+        schema_registry=SchemaRegistry(),
+        allowed_reply_queues=[REPLY_TO],
+        mode=mode,
+        max_message_bytes=max_bytes,
     )
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({UnitTarget.MEDIA_TYPE: handler}),
@@ -324,24 +328,24 @@ def state(**overrides) -> FanInState:
 
 
 @pytest.mark.parametrize(
-    ("fan_in", "delivery_id", "recorded_now", "run_on_target", "claim_final"),
+    ("fan_in", "report_id", "recorded_now", "run_on_target", "claim_final"),
     [
         (state(), "d-1", True, True, True),  # the last target just recorded
         (state(completed=frozenset({"a", "b"})), "d-1", True, True, False),  # targets still running
         (state(), "d-2", False, False, True),  # a duplicate: counted once, may still claim an unclaimed final
-        (state(), "d-1", False, True, True),  # a redelivery of the report that recorded it (crash before ack)
+        (state(), "d-1", False, True, True),  # a redelivery or redriven copy of the report that recorded it
         (state(final_claimed_by="d-9"), "d-1", True, True, False),  # another delivery claimed on-final
         (state(final_claimed_by="d-1"), "d-1", False, True, True),  # our own claim, redelivered before sending
         (state(final_claimed_by="d-1", final_sent=True), "d-1", False, True, False),  # already sent
     ],
 )
-def test_fan_in_decisions(fan_in, delivery_id, recorded_now, run_on_target, claim_final):
-    decision = decide(fan_in, delivery_id=delivery_id, recorded_now=recorded_now, has_final=True)
+def test_fan_in_decisions(fan_in, report_id, recorded_now, run_on_target, claim_final):
+    decision = decide(fan_in, report_id=report_id, recorded_now=recorded_now, has_final=True)
     assert (decision.run_on_target, decision.claim_final) == (run_on_target, claim_final)
 
 
 def test_no_on_final_callbacks_means_nothing_to_claim():
-    assert not decide(state(), delivery_id="d-1", recorded_now=True, has_final=False).claim_final
+    assert not decide(state(), report_id="d-1", recorded_now=True, has_final=False).claim_final
 
 
 # --- callback runner
@@ -399,13 +403,6 @@ def test_registering_two_functions_under_one_callback_name_is_refused():
         @callback("unit.cb.twice")
         def second(payload):
             return None
-
-
-def test_a_fan_out_report_outside_a_dispatcher_says_how_to_wire_the_runner():
-    store = object()  # never reached
-    runner = CallbackRunner(transport=RecordingTransport(), schema_registry=SchemaRegistry(), store=store)
-    with pytest.raises(ConfigurationError, match="must be in its dispatcher's middleware"):
-        runner.handle_report({"expected": 2, "on_target": [], "on_final": ["f"], "cid": "c"})
 
 
 @pytest.mark.parametrize(
