@@ -18,6 +18,7 @@ from microbus.consume.message import SQSMessage
 from microbus.consume.settle import BatchAcker
 from microbus.consume.worker import Worker
 from microbus.errors import (
+    AccessDeniedError,
     CodecError,
     ConfigurationError,
     DecodeError,
@@ -46,7 +47,7 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
@@ -116,6 +117,8 @@ __all__ = [
     "QueueNotFoundError",
     "TopicNotFoundError",
     "PublishError",
+    "FanOutPublishError",
+    "AccessDeniedError",
     "PatternError",
     "ResponseTooLargeError",
     "ResponseNotSerializableError",

@@ -17,7 +17,8 @@ PUBLIC = {
     "ConfigurationError", "TopicNotDefinedError", "CodecError", "DecodeError", "MessageValidationError",
     "MessageTooLargeError", "TransportError", "EndpointUnreachableError", "TransientTransportError",
     "QueueNotFoundError", "TopicNotFoundError", "PublishError", "PatternError", "ResponseTooLargeError",
-    "ResponseNotSerializableError", "FanInStateError", "Nack", "SkipMessage", "IgnoreMessage",
+    "ResponseNotSerializableError", "FanInStateError", "Nack", "SkipMessage", "IgnoreMessage", "LifecycleEvent",
+    "LifecycleObserver", "EventKind", "MessageState", "FanOutPublishError", "AccessDeniedError",
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
