@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from microbus.errors import ConfigurationError, UnknownMediaTypeError
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.sanitize import log_repr
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -57,7 +58,7 @@ class SchemaRegistry:
             try:
                 cls = self._schemas[media_type]
             except KeyError:
-                raise UnknownMediaTypeError(f"No schema is registered for media type {media_type!r}") from None
+                raise UnknownMediaTypeError(f"No schema is registered for media type {log_repr(media_type)}") from None
             codec = self._codecs[media_type] = PubSubMessageCodec(cls())
         return codec
 

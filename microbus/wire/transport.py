@@ -6,12 +6,19 @@ message that says what to fix.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -24,6 +31,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.parsers import ResponseParserError
 from microcosm.api import defaults
 
 from microbus.errors import (
@@ -33,7 +41,9 @@ from microbus.errors import (
     TopicNotFoundError,
     TransientTransportError,
     TransportError,
+    UnexpectedResponseError,
 )
+from microbus.wire.sanitize import log_repr, log_text, one_line
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -78,9 +88,16 @@ class AWSSettings:
     def client(self, service: str) -> Any:
         """Create a boto3 client for ``service`` with these settings.
 
+        With a loopback endpoint (an emulator on this machine: 127.0.0.0/8, ``localhost``, ``::1``) and no
+        credentials configured (explicitly, in the environment, or in a profile), the client gets dummy
+        credentials, and the credential chain never asks the instance-metadata or container service.
+
         Raises:
-            ConfigurationError: the profile does not exist, or the endpoint URL is not a URL.
+            ConfigurationError: the region is empty or not an AWS region, the profile does not exist, the
+                credentials are incomplete, or the endpoint URL is not a URL.
         """
+        region = _checked_region(self.region_name)
+        _check_endpoint(self.endpoint_url, service)
         config = Config(
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
@@ -88,19 +105,152 @@ class AWSSettings:
             max_pool_connections=self.max_pool_connections,
         )
         try:
-            session = boto3.session.Session(
-                profile_name=self.profile_name,
-                region_name=self.region_name,
-                aws_access_key_id=self.access_key_id,
-                aws_secret_access_key=self.secret_access_key,
-            )
-            return session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
+            core = botocore.session.Session(profile=self.profile_name)
+            keys: dict[str, str] = {}
+            if self.access_key_id is not None or self.secret_access_key is not None:
+                keys = {
+                    "aws_access_key_id": self.access_key_id or "",
+                    "aws_secret_access_key": self.secret_access_key or "",
+                }
+                if not (self.access_key_id and self.secret_access_key):
+                    raise ConfigurationError(
+                        "Incomplete AWS credentials: set both aws.access_key_id and aws.secret_access_key, or neither"
+                    )
+            elif is_loopback_endpoint(self.endpoint_url):
+                resolver = core.get_component("credential_provider")
+                for provider in ("iam-role", "container-role"):  # an emulator on this machine needs no role
+                    resolver.remove(provider)
+                if core.get_credentials() is None:
+                    keys = {"aws_access_key_id": EMULATOR_KEY_ID, "aws_secret_access_key": EMULATOR_SECRET}
+            session = boto3.session.Session(botocore_session=core, region_name=region, **keys)
+            client = session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
+            if not keys and core.get_credentials() is None:
+                client.meta.events.register("before-call", functools.partial(_no_credentials, self.endpoint_url))
         except ProfileNotFound as exc:
-            raise ConfigurationError(f"AWS profile {self.profile_name!r} does not exist: fix aws.profile_name") from exc
+            raise _profile_error(self.profile_name, exc) from exc
         except ValueError as exc:
             raise ConfigurationError(
-                f"Cannot create the {service} client ({exc}): the endpoint URL must look like http://127.0.0.1:4566"
+                f"Cannot create the {service} client ({one_line(str(exc))}): the endpoint URL must look like "
+                "http://127.0.0.1:4566"
             ) from exc
+        except BotoCoreError as exc:
+            raise ConfigurationError(f"Cannot create the {service} client: {one_line(str(exc))}") from exc
+        client.meta.events.register("before-parse", _refuse_non_aws_response)
+        return client
+
+
+EMULATOR_KEY_ID = "testing"
+"""Dummy credentials for an emulator on loopback (moto and LocalStack accept any); not credentials."""
+EMULATOR_SECRET = "testing"  # noqa: S105
+_REGION_ADVICE = "fix aws.region_name (--region, AWS_DEFAULT_REGION), e.g. us-east-1"
+
+
+def is_loopback_endpoint(endpoint_url: str | None) -> bool:
+    """True when the endpoint is on this machine: 127.0.0.0/8, ``::1`` or ``localhost``."""
+    if not endpoint_url:
+        return False
+    try:
+        host = urlsplit(endpoint_url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+@functools.cache
+def _region_patterns() -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
+    """The regions botocore knows, and each partition's pattern (regions newer than botocore match those)."""
+    partitions = botocore.loaders.create_loader().load_data("partitions").get("partitions", [])
+    known = frozenset(region for partition in partitions for region in partition.get("regions", {}))
+    return known, tuple(re.compile(p["regionRegex"]) for p in partitions if p.get("regionRegex"))
+
+
+def _check_endpoint(endpoint_url: str | None, service: str) -> None:
+    """An endpoint URL needs a scheme and a host; checked before any credential lookup."""
+    if endpoint_url is None:
+        return
+    try:
+        parts = urlsplit(endpoint_url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigurationError(
+            f"Cannot create the {service} client: the endpoint URL {log_repr(endpoint_url, 100)} is not a URL: "
+            "the endpoint URL must look like http://127.0.0.1:4566 (aws.endpoint_url / AWS_ENDPOINT_URL)"
+        )
+
+
+def _checked_region(region_name: str | None) -> str:
+    region = (region_name or "").strip()
+    if not region:
+        raise ConfigurationError(f"No AWS region configured (aws.region_name is empty): {_REGION_ADVICE}")
+    known, patterns = _region_patterns()
+    if region not in known and not any(pattern.match(region) for pattern in patterns):
+        raise ConfigurationError(f"{log_repr(region_name, 64)} is not an AWS region: {_REGION_ADVICE}")
+    return region
+
+
+def _profile_error(configured: str | None, exc: ProfileNotFound) -> ConfigurationError:
+    """The missing profile named, and where its name came from (the setting, else the environment)."""
+    name = exc.kwargs.get("profile") or configured
+    if configured:
+        where, fix = "", "fix aws.profile_name"
+    else:
+        variable = "AWS_PROFILE" if os.environ.get("AWS_PROFILE") else "AWS_DEFAULT_PROFILE"
+        name = name or os.environ.get(variable)
+        where, fix = f" (from {variable})", f"fix or unset {variable}"
+    return ConfigurationError(
+        f"AWS profile {log_repr(name, 64)}{where} does not exist in the AWS config or credentials file: {fix}"
+    )
+
+
+class _NoCredentials(NoCredentialsError):
+    """No credentials, raised before the call is made, with advice that fits the endpoint."""
+
+    fmt = "Unable to locate credentials: {advice}"
+
+
+def _no_credentials(endpoint_url: str | None, **kwargs: Any) -> None:
+    if endpoint_url is None:
+        advice = (
+            "configure the default credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in "
+            "aws.profile_name or AWS_PROFILE, or an instance role), or set aws.endpoint_url to an emulator "
+            "to run without AWS"
+        )
+    else:
+        advice = (
+            f"the endpoint {log_text(endpoint_url, 100)} is not on this machine, so no dummy credentials are used: "
+            "set aws.access_key_id and aws.secret_access_key (any values an emulator accepts), "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile (aws.profile_name, AWS_PROFILE)"
+        )
+    raise _NoCredentials(advice=advice)
+
+
+class _NotAnAWSResponse(BotoCoreError):
+    """The endpoint answered with something that is not an AWS response (an HTML page)."""
+
+    fmt = "HTTP {status} with {content_type}"
+
+
+def _refuse_non_aws_response(operation_model: Any, response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """botocore ``before-parse`` hook: an HTML answer is some other web server, not SNS/SQS/DynamoDB/S3."""
+    if getattr(operation_model, "has_streaming_output", False):
+        return  # an S3 object may well be an HTML page
+    status = int(response_dict.get("status_code") or 0)
+    headers = response_dict.get("headers") or {}
+    content_type = str(headers.get("content-type") or headers.get("Content-Type") or "")
+    if status < 500 and content_type.lower().startswith("text/html"):
+        raise _NotAnAWSResponse(status=status, content_type=content_type.split(";", 1)[0])
 
 
 @contextmanager
@@ -113,10 +263,24 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except ClientError as exc:
         raise _from_client_error(exc, what) from exc
+    except _NoCredentials as exc:
+        raise ConfigurationError(f"No AWS credentials found for {what}: {exc.kwargs['advice']}.") from exc
     except NoCredentialsError as exc:
         raise ConfigurationError(
-            f"No AWS credentials found for {what}: configure the default credential chain "
-            "(environment, profile or instance role), or use an emulator endpoint."
+            f"No AWS credentials found for {what}: configure the default credential chain (AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, a profile in aws.profile_name or AWS_PROFILE, or an instance role)."
+        ) from exc
+    except ProfileNotFound as exc:
+        raise _profile_error(None, exc) from exc
+    except _NotAnAWSResponse as exc:
+        raise UnexpectedResponseError(
+            f"{what} answered {exc}, not an AWS response: check the endpoint URL "
+            "(aws.endpoint_url / AWS_ENDPOINT_URL / --endpoint-url) — another web server answers there"
+        ) from exc
+    except ResponseParserError as exc:
+        raise UnexpectedResponseError(
+            f"{what} answered with something that is not an AWS response ({one_line(str(exc), 120)}): check the "
+            "endpoint URL (aws.endpoint_url / AWS_ENDPOINT_URL / --endpoint-url) and the region"
         ) from exc
     except NoRegionError as exc:
         raise ConfigurationError(f"No AWS region configured for {what}: set aws.region_name.") from exc
@@ -126,13 +290,13 @@ def translate_errors(what: str) -> Iterator[None]:
             f"the service is running ({type(exc).__name__})"
         ) from exc
     except BotoCoreError as exc:
-        raise TransportError(f"{what}: {exc}") from exc
+        raise TransportError(f"{what}: {one_line(str(exc))}") from exc
 
 
 def _from_client_error(exc: ClientError, what: str) -> TransportError:
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    text = exc.response.get("Error", {}).get("Message", "")
+    text = one_line(str(exc.response.get("Error", {}).get("Message", "")))
     if code in _QUEUE_MISSING:
         return QueueNotFoundError(f"{what} does not exist: create it (microbus topology apply) or fix the URL")
     if code in _TOPIC_MISSING and "topic" in what.lower():
@@ -164,6 +328,13 @@ class OutgoingMessage:
     attributes: dict[str, Any] = field(default_factory=dict)
     group_id: str | None = None
     deduplication_id: str | None = None
+
+    def __repr__(self) -> str:
+        """Sizes and attribute names only: the key may be a receipt handle, the body and attributes content."""
+        return (
+            f"OutgoingMessage(body={len(self.body)} chars, attributes={sorted(self.attributes)}, "
+            f"group_id={self.group_id is not None}, deduplication_id={self.deduplication_id is not None})"
+        )
 
     @property
     def size(self) -> int:
