@@ -39,6 +39,7 @@ from microbus.errors import (
     TopicNotFoundError,
     TransientTransportError,
     TransportError,
+    UnexpectedResponseError,
 )
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
@@ -119,6 +120,7 @@ __all__ = [
     "PublishError",
     "FanOutPublishError",
     "AccessDeniedError",
+    "UnexpectedResponseError",
     "PatternError",
     "ResponseTooLargeError",
     "ResponseNotSerializableError",

@@ -314,6 +314,7 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
     if options["debug"]:
         for noisy in ("botocore", "boto3", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.INFO)
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # not "Found credentials in …" first
     overrides = daemon_overrides(options["sqs_queue_url"], options["endpoint_url"], options["wait_seconds"])
     for signum in (signal.SIGTERM, signal.SIGINT):  # until the worker runs, a signal just exits cleanly
         signal.signal(signum, _exit_before_start)

@@ -50,6 +50,7 @@ class _Entry:
     ends_as: EventKind
     seconds: int = 0
     copy: OutgoingMessage | None = None
+    trimmed: bool = False
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -253,6 +254,8 @@ class Settler:
             failure = failures.get(entry.key)
             if failure is None:
                 self._succeeded(entry)
+            elif failure.sender_fault and step is Step.SEND and entry.copy is not None and not entry.trimmed:
+                self._resend_trimmed(entry, failure)
             elif failure.sender_fault:
                 self._finish(entry, EventKind.SETTLE_FAILED, f"{step.value} refused: {failure.code}: {failure.message}")
             else:
@@ -268,6 +271,20 @@ class Settler:
             return self.transport.change_visibility_entries([(entry.key, entry.seconds) for entry in batch])
         assert self.dead_letters is not None
         return self.dead_letters.send_entries([entry.copy for entry in batch if entry.copy is not None])
+
+    def _resend_trimmed(self, entry: _Entry, failure: EntryFailure) -> None:
+        """SQS refused the dead-letter copy itself (e.g. body and reason attributes over the size limit): send it
+        again with the reason only, rather than leave a poison message to come back for ever."""
+        assert entry.copy is not None
+        logger.warning(
+            "Dead-letter copy of %r refused (%s); sending it with the reason only",
+            entry.tracked.message.message_id,
+            failure.code,
+        )
+        entry.copy, entry.trimmed, entry.queued_at = entry.copy.trimmed(), True, time.monotonic()
+        with self._cond:
+            self._pending[Step.SEND].append(entry)
+            self._cond.notify_all()
 
     def _succeeded(self, entry: _Entry) -> None:
         if entry.step is Step.SEND:  # the copy is safe: now delete the original

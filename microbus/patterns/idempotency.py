@@ -55,6 +55,7 @@ from microbus.errors import (
     SkipMessage,
     TransportError,
 )
+from microbus.wire.sanitize import log_repr
 from microbus.wire.transport import translate_errors
 
 if TYPE_CHECKING:
@@ -295,9 +296,9 @@ class IdempotencyGuard(Middleware):
         try:
             action(key, **kwargs)
         except AccessDeniedError as exc:
-            logger.error("Idempotency record %r not updated (its lease will expire): %s", key, exc)
+            logger.error("Idempotency record %s not updated (its lease will expire): %s", log_repr(key), exc)
         except TransportError as exc:
-            logger.warning("Idempotency record %r not updated (its lease will expire): %s", key, exc)
+            logger.warning("Idempotency record %s not updated (its lease will expire): %s", log_repr(key), exc)
 
 
 def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:

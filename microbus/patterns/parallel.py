@@ -44,6 +44,7 @@ from microbus.errors import ConfigurationError, DecodeError, PublishError
 from microbus.produce.producer import OutgoingMessage, SNSProducer
 from microbus.wire.codecs import PubSubMessageSchema
 from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.sanitize import log_text
 from microbus.wire.schemas import media_type_of, schema
 from microbus.wire.transport import SQSTransport
 
@@ -262,7 +263,7 @@ class ParallelRequest:
                 expected=int(expected) if expected else None,
             )
         except (TypeError, ValueError) as exc:
-            logger.warning("Ignoring malformed parallel-execution fields in opaqueData: %s", exc)
+            logger.warning("Ignoring malformed parallel-execution fields in opaqueData: %s", log_text(str(exc)))
             return None
 
     @classmethod

@@ -45,6 +45,7 @@ from microbus.patterns.parallel import (
     unbind_cid,
     utc_now,
 )
+from microbus.wire.sanitize import log_repr
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport
 
@@ -258,7 +259,9 @@ class ParallelReporter(Middleware):
         try:
             self.send_report(request, result)
         except TransportError as exc:
-            logger.warning("Could not report target %r of cid %r: %s", request.target, request.cid, exc)
+            logger.warning(
+                "Could not report target %s of cid %s: %s", log_repr(request.target), log_repr(request.cid), exc
+            )
             result.outcome, result.reason, result.error, result.retry_after_s = (
                 Outcome.FAILED,
                 "callback-send-failed",
@@ -288,7 +291,7 @@ class ParallelReporter(Middleware):
         body = self._encode(request, response=response, ok=ok, exception=exception)
         problem = self._unsendable(request, body)
         if problem is not None:
-            logger.error("%s (cid %r)", problem, request.cid)
+            logger.error("%s (cid %s)", problem, log_repr(request.cid))
             body = self._encode(request, response=None, ok=False, exception=f"{type(problem).__name__}: {problem}")
         assert body is not None
         transport = SQSTransport(client=self.sqs_client, queue_url=request.reply_to)

@@ -63,7 +63,7 @@ class AWSSettings:
     endpoint_url: str | None = None
     region_name: str = "us-east-1"
     profile_name: str | None = None
-    access_key_id: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
@@ -335,6 +335,12 @@ class OutgoingMessage:
             f"OutgoingMessage(body={len(self.body)} chars, attributes={sorted(self.attributes)}, "
             f"group_id={self.group_id is not None}, deduplication_id={self.deduplication_id is not None})"
         )
+
+    def trimmed(self, keep: tuple[str, ...] = ("microbus.reason", "microbus.source_message_id")) -> OutgoingMessage:
+        """The same message with only the ``keep`` attributes (for a copy SQS refused as too large)."""
+        attributes = {name: value for name, value in self.attributes.items() if name in keep}
+        attributes["microbus.trimmed"] = {"DataType": "String", "StringValue": "attributes dropped: over a limit"}
+        return OutgoingMessage(self.key, self.body, attributes, self.group_id, self.deduplication_id)
 
     @property
     def size(self) -> int:

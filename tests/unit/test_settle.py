@@ -12,7 +12,7 @@ from microbus.consume.settle import Settler
 from microbus.consume.supervision import Supervisor
 from microbus.errors import EndpointUnreachableError
 from microbus.testing import StubQueue, wait_for
-from microbus.wire.transport import OutgoingMessage
+from microbus.wire.transport import EntryFailure, OutgoingMessage
 
 
 def held(queue: StubQueue, n: int) -> list[Tracked]:
@@ -136,4 +136,34 @@ def test_close_gives_up_on_what_cannot_be_settled_by_the_deadline():
     assert s.close(0.5) == 3
     wait_for(lambda: len(outcomes.done) == 3, timeout_s=5)
     assert {kind for kind, _ in outcomes.done.values()} == {EventKind.SETTLE_FAILED}
+    supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_dead_letter_copy_refused_by_sqs_is_sent_again_with_the_reason_only():
+    # Given a DLQ that refuses copies with many attributes (as SQS refuses a copy over its size limit)
+    class Strict(StubQueue):
+        def send_entries(self, messages):
+            refused = {
+                m.key: EntryFailure("InvalidParameterValue", "too long", True)
+                for m in messages
+                if len(m.attributes) > 3
+            }
+            super().send_entries([m for m in messages if m.key not in refused])
+            return refused
+
+    queue, outcomes = Strict(), Outcomes()
+    (tracked,) = held(queue, 1)
+    s, supervisor = settler(queue, outcomes)
+    attributes = {
+        f"microbus.{name}": {"DataType": "String", "StringValue": "x"} for name in ("reason", "daemon", "a", "b")
+    }
+    s.dead_letter(tracked, OutgoingMessage(key="k", body=tracked.message.body, attributes=attributes))
+    # Then the copy lands once, with the reason, and the original is deleted
+    wait_for(lambda: outcomes.done, timeout_s=5)
+    assert outcomes.done[tracked.message.message_id][0] is EventKind.DEAD_LETTERED
+    ((_, sent),) = queue.dead_letters
+    assert set(sent) == {"microbus.reason", "microbus.trimmed"}
+    assert queue.depth == 0
+    s.close(1.0)
     supervisor.stop()
