@@ -101,7 +101,13 @@ class TopicNotFoundError(TransportError, ConfigurationError):
     """The SNS topic does not exist."""
 
 
-class AccessDeniedError(TransportError, ConfigurationError):
+class FatalError(MicrobusError):
+    """The daemon cannot go on (e.g. its IAM policy refuses a call every message needs). Raised while handling a
+    message, it stops the worker: the message goes back to the queue unstarted and the daemon exits 2 with
+    this sentence."""
+
+
+class AccessDeniedError(TransportError, ConfigurationError, FatalError):
     """The credentials' IAM policy does not allow a call microbus needs (AccessDenied): fix the policy, not a retry."""
 
 

@@ -249,9 +249,17 @@ class ConsumerDaemon:
                 "%s consuming %s with concurrency %d", daemon.name, worker.consumer.queue_url, worker.concurrency
             )
             worker.start()
+        while not all(worker.stopping for worker in workers):  # a fatal error in one stops them all
+            if any(worker.fatal_error is not None for worker in workers):
+                for worker in workers:
+                    worker.stop()
+            time.sleep(0.2)
         for daemon, worker in zip([self, *companions], workers, strict=True):
             worker.join()
             logger.info("%s stopped: %s", daemon.name, worker.stats.outcomes)
+        fatal = next((worker.fatal_error for worker in workers if worker.fatal_error is not None), None)
+        if fatal is not None:
+            raise fatal
 
     def _companion_overrides(self) -> dict[str, Any]:
         """The command line's settings that apply to companions too: the endpoint and the long-poll wait."""
@@ -287,7 +295,7 @@ def daemon_options(function: Any) -> Any:
             "--prefetch",
             type=click.IntRange(0, 10_000),
             default=None,
-            help="Messages held beyond the running ones (default: worker.prefetch, else 10 per receiver).",
+            help="Messages held beyond the running ones (default: worker.prefetch, else 20 per receiver).",
         ),
         click.option("--grace-period", type=float, default=30.0, show_default=True, help="Seconds to finish."),
         click.option(

@@ -24,6 +24,7 @@ from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
     DecodeError,
+    FatalError,
     IgnoreMessage,
     Nack,
     NoHandlerError,
@@ -244,6 +245,8 @@ class SQSMessageDispatcher:
             assert handler is not None
             try:
                 response = await self._call_async(handler, message)
+            except FatalError:
+                raise
             except BaseException as exc:  # noqa: B036 - CancelledError too: the message is retried, never acked
                 result = self._outcome(message, functools.partial(_reraise, exc))
             else:
@@ -277,6 +280,8 @@ class SQSMessageDispatcher:
         """Run one middleware hook; a raising ``after_handle`` turns the outcome into a retry."""
         try:
             call()
+        except FatalError:
+            raise
         except Exception as exc:
             self._hook_failed(message, result, exc)
 
@@ -285,6 +290,8 @@ class SQSMessageDispatcher:
             value = call()
             if inspect.isawaitable(value):
                 await value
+        except FatalError:
+            raise
         except Exception as exc:
             self._hook_failed(message, result, exc)
 
@@ -316,6 +323,8 @@ class SQSMessageDispatcher:
             return result(Outcome.SKIPPED, reason=str(exc), extra=exc.extra)
         except IgnoreMessage as exc:
             return result(Outcome.IGNORED, reason=str(exc), extra=exc.extra)
+        except FatalError:
+            raise  # the worker stops: see FatalError
         except BaseException as exc:  # SystemExit or CancelledError from a handler must not end the worker thread
             return result(Outcome.FAILED, reason="handler-error", error=exc)
         return result(Outcome.SKIPPED if response is False else Outcome.SUCCEEDED, response=response)

@@ -36,7 +36,7 @@ from microbus.consume.message import SQSMessage
 from microbus.consume.scheduling import Scheduler
 from microbus.consume.settle import Settler
 from microbus.consume.supervision import Supervisor
-from microbus.errors import ConfigurationError, EndpointUnreachableError, TransientTransportError
+from microbus.errors import ConfigurationError, EndpointUnreachableError, FatalError, TransientTransportError
 from microbus.wire.transport import MAX_BATCH
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,12 @@ def transport_backoff_s(failures: int, *, max_s: float, base_s: float = 0.5) -> 
 
 
 def default_receivers(concurrency: int) -> int:
-    """Receives in flight at once for a concurrency: one per two handlers, 1 to 8."""
-    return max(1, min(8, (concurrency + 1) // 2))
+    """Receives in flight at once for a concurrency: three per four handlers, 1 to 8."""
+    return max(1, min(8, (3 * concurrency + 3) // 4))
+
+
+PREFETCH_PER_RECEIVER = 2 * MAX_BATCH
+"""Default prefetch per receive in flight: one batch being received while the last one is settled."""
 
 
 @dataclass
@@ -116,7 +120,8 @@ class Worker:
         consumer: the queue's consumer.
         dispatcher: calls handlers and decides outcomes.
         concurrency: handlers running at once (sync handlers on as many threads, async ones on the loop).
-        prefetch: messages held beyond the running ones (default: 10 per receiver).
+        prefetch: messages held beyond the running ones (default: 20 per receiver, so a receive overlaps the
+            settling of the batch before it).
         receivers: receives in flight at once (default: :func:`default_receivers`).
         grace_period_s: from the stop, how long running handlers may take to finish.
         max_transport_backoff_s: cap of the pause before a failed activity is restarted.
@@ -148,7 +153,7 @@ class Worker:
         fifo = consumer.queue_url.endswith(".fifo")
         self.receivers = max(1, receivers or (1 if fifo else default_receivers(self.concurrency)))
         """Receives in flight; one on a FIFO queue unless asked (moto's FIFO receive is not atomic)."""
-        self.prefetch = max(0, prefetch if prefetch is not None else MAX_BATCH * self.receivers)
+        self.prefetch = max(0, prefetch if prefetch is not None else PREFETCH_PER_RECEIVER * self.receivers)
         self.capacity = self.concurrency + self.prefetch
         self._wanted = max(1, min(MAX_BATCH, self.prefetch))
         """Receive only when this many messages fit: large receives, not one message per call."""
@@ -175,6 +180,8 @@ class Worker:
         self._loop_thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped_loop = False
+        self.fatal_error: FatalError | None = None
+        """The fatal error that stopped the worker, if one did."""
 
     @staticmethod
     def connections_for(concurrency: int, receivers: int | None = None) -> int:
@@ -327,10 +334,16 @@ class Worker:
             self._work.put(None)
 
     def run(self) -> None:
-        """Start, stop on SIGTERM/SIGINT (a second signal exits at once), and shut down gracefully."""
+        """Start, stop on SIGTERM/SIGINT (a second signal exits at once), and shut down gracefully.
+
+        Raises:
+            FatalError: what stopped the worker, when a fatal error did.
+        """
         install_signal_handlers([self])
         self.start()
         self.join()
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     # Receiving (supervised activities, one per receiver)
 
@@ -459,6 +472,9 @@ class Worker:
         while (tracked := self._work.get()) is not None:
             try:
                 result = self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
+            except FatalError as exc:
+                self._fatal(tracked, exc)
+                continue
             except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
                 logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
                 result = _runtime_error(tracked.message, exc)
@@ -470,9 +486,27 @@ class Worker:
     async def _run_async(self, tracked: Tracked) -> None:
         try:
             result = await self.dispatcher.handle_async(tracked.message, max_attempts=self._max_attempts)
+        except FatalError as exc:
+            self._fatal(tracked, exc)
+            return
         except BaseException as exc:  # noqa: B036 - cancelled at shutdown, or a bug: the message is retried
             result = _runtime_error(tracked.message, exc)
         self._finished(tracked, result)
+
+    def _fatal(self, tracked: Tracked, error: FatalError) -> None:
+        """The daemon cannot go on: return the message unstarted, remember why, and stop the worker."""
+        logger.error("%s: stopping (message %r returned to the queue)", error, tracked.message.message_id)
+        if self.fatal_error is None:
+            self.fatal_error = error
+        result = _runtime_error(tracked.message, error)
+        result.reason = "fatal-error"
+        self.observers.emit(
+            tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
+        )
+        self.stop()  # first: the scheduler starts nothing more, the waiting messages go back
+        _, later = self._scheduler.finished(tracked, retried=True)
+        for each in (tracked, *later):
+            self._release(each)
 
     def _finished(self, tracked: Tracked, result: Result) -> None:
         tracked.result = result

@@ -17,7 +17,8 @@ daemon's name) in a store with a conditional write:
 The lease is not renewed: a daemon whose declared handler timeout exceeds ``lease_s`` is refused at start
 (:meth:`IdempotencyGuard.check_handler_timeout`). A store that refuses the guard's calls (AccessDenied) is
 a configuration error: refused at start by a probe (:meth:`IdempotencyGuard.check_store`), and at run time
-the message is retried after ``access_denied_retry_s`` with one ERROR line, without running the handler.
+it stops the daemon (an :class:`~microbus.errors.AccessDeniedError` is a fatal error): the message goes back
+unstarted and the daemon exits 2 with one sentence.
 
 The guarantee, exactly: while the store is reachable and every handler run ends within ``lease_s``,
 a handler's side effect happens at most once per message key for ``ttl_s``. If the process dies (or
@@ -67,7 +68,6 @@ IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 MAX_RESPONSE_BYTES = 65_536
 """The largest response (as JSON) a COMPLETED record keeps; DynamoDB items are limited to 400 KB."""
-ACCESS_DENIED_RETRY_S = 900
 IDEMPOTENT_RESPONSE = "idempotent_response"
 """Key of the :class:`StoredResponse` in the ``extra`` of a duplicate's SkipMessage and Result."""
 T = TypeVar("T")
@@ -156,7 +156,6 @@ class IdempotencyGuard(Middleware):
         lease_s: how long a claim blocks other deliveries; at least the daemon's handler timeout (not renewed).
         clock: wall-clock seconds (records are shared between machines).
         max_response_bytes: the largest response (JSON) kept with the COMPLETED record.
-        access_denied_retry_s: when the store refuses the guard's calls (AccessDenied), retry after this long.
     """
 
     def __init__(
@@ -166,13 +165,11 @@ class IdempotencyGuard(Middleware):
         lease_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
-        access_denied_retry_s: int = ACCESS_DENIED_RETRY_S,
     ):
         self.store = store
         self.lease_s = lease_s
         self.clock = clock
         self.max_response_bytes = max_response_bytes
-        self.access_denied_retry_s = access_denied_retry_s
         self._keeps_responses = _accepts_keyword(store.complete, "response")
         """Stores written before responses were kept take no ``response``: their duplicates report NOT_RECORDED."""
 
@@ -245,7 +242,7 @@ class IdempotencyGuard(Middleware):
             Nack: being handled elsewhere (retried after the lease's remainder).
             Nack: the store could not be reached before the call (retried with the backoff, not counted as a
                 handler failure, so an outage of the table never dead-letters good messages).
-            Nack: the store refused the claim (AccessDenied): retried after ``access_denied_retry_s``.
+            AccessDeniedError: the store refused the claim (fatal: the worker stops).
         """
         token = self._claim(key)
         try:
@@ -269,19 +266,15 @@ class IdempotencyGuard(Middleware):
 
         Raises:
             SkipMessage: already handled.
-            Nack: being handled elsewhere, the store could not be reached, or it refused the call.
+            Nack: being handled elsewhere, or the store could not be reached.
+            AccessDeniedError: the store refused the call (fatal).
         """
         token = uuid.uuid4().hex
         now = self.clock()
         try:
             record = self.store.claim(key, token=token, now=now, lease_s=self.lease_s)
-        except AccessDeniedError as exc:
-            logger.error("%s; message retried in %ds, its handler not run", exc, self.access_denied_retry_s)
-            raise Nack(
-                self.access_denied_retry_s,
-                reason=f"idempotency store access denied: {exc}",
-                extra={"idempotency_key": key},
-            ) from exc
+        except AccessDeniedError:
+            raise  # fatal: the worker returns the message and stops, the daemon exits 2
         except TransportError as exc:
             raise Nack(None, reason=f"idempotency store unreachable: {exc}", extra={"idempotency_key": key}) from exc
         if record is not None:
@@ -466,7 +459,6 @@ def _record(item: dict[str, Any]) -> Record:
     lease_s=300,
     ttl_s=7 * 86_400,
     max_response_bytes=MAX_RESPONSE_BYTES,
-    access_denied_retry_s=ACCESS_DENIED_RETRY_S,
 )
 def configure_idempotency_guard(graph: ObjectGraph) -> IdempotencyGuard:
     """microcosm factory: ``graph.idempotency_guard``, backed by DynamoDB (``graph.dynamodb_client``)."""
@@ -480,5 +472,4 @@ def configure_idempotency_guard(graph: ObjectGraph) -> IdempotencyGuard:
         store=store,
         lease_s=float(config.lease_s),
         max_response_bytes=int(config.max_response_bytes),
-        access_denied_retry_s=int(config.access_denied_retry_s),
     )

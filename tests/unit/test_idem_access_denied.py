@@ -1,5 +1,5 @@
 """AccessDenied from the idempotency table is a configuration error, not a transient outage: refused at start
-by a probe, and at run time a long Nack with one ERROR sentence (not an endless backoff loop)."""
+by a probe, and at run time a fatal error that stops the worker (not an endless backoff loop)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from microbus.errors import AccessDeniedError, ConfigurationError, Nack
-from microbus.patterns.idempotency import DynamoDBIdempotencyStore, IdempotencyGuard
+from microbus import HandlerRegistry, SQSMessageDispatcher, Worker
+from microbus.errors import AccessDeniedError, ConfigurationError, FatalError
+from microbus.patterns.idempotency import DynamoDBIdempotencyStore, IdempotencyGuard, MemoryIdempotencyStore
+from microbus.testing import StubQueue
+from schemas import OrderPlaced
 
 
 @pytest.fixture
@@ -26,22 +29,41 @@ def client():
 
 
 @pytest.mark.parametrize("code", ["AccessDeniedException", "AccessDenied", "UnauthorizedOperation"])
-def test_access_denied_on_claim_is_a_long_nack_with_one_error_sentence(client, code, caplog):
+def test_access_denied_on_claim_is_a_fatal_error_and_the_handler_does_not_run(client, code):
     # Given a table the role may not write
     stubber = Stubber(client)
     stubber.add_client_error("put_item", service_error_code=code, http_status_code=400, service_message="no")
     guard = IdempotencyGuard(store=DynamoDBIdempotencyStore(client=client, table_name="idem"), lease_s=60)
     calls = []
     # When a message is claimed
-    with stubber, caplog.at_level(logging.ERROR), pytest.raises(Nack) as caught:
+    with stubber, pytest.raises(AccessDeniedError) as caught:
         guard.run("k", lambda: calls.append(1))
-    # Then the handler did not run; the retry waits long (not the backoff); one ERROR says what to grant
+    # Then the handler did not run, and the error is fatal, in one sentence that says what to grant
     assert calls == []
-    assert caught.value.visibility_timeout_seconds == guard.access_denied_retry_s >= 600
-    assert "access denied" in str(caught.value).lower()
-    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "dynamodb:PutItem" in record.getMessage() and "idem" in record.getMessage()
-    assert "\n" not in record.getMessage()
+    assert isinstance(caught.value, FatalError)
+    assert "dynamodb:PutItem" in str(caught.value) and "idem" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_fatal_error_while_handling_stops_the_worker_and_returns_the_message():
+    # Given a worker whose idempotency store refuses every claim
+    class Denied(MemoryIdempotencyStore):
+        def claim(self, key, **kwargs):
+            raise AccessDeniedError("DynamoDB table idem refused dynamodb:PutItem: grant it")
+
+    queue = StubQueue()
+    for i in range(3):
+        queue.put({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": f"o-{i}"})
+    handled = []
+    registry = HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}, idempotent=[OrderPlaced.MEDIA_TYPE])
+    dispatcher = SQSMessageDispatcher(handler_registry=registry, middleware=[IdempotencyGuard(store=Denied())])
+    worker = Worker(consumer=queue.consumer(), dispatcher=dispatcher, grace_period_s=1)
+    # When it runs, Then it stops by itself and run() raises the error
+    with pytest.raises(AccessDeniedError, match="grant it"):
+        worker.run()
+    # And no handler ran, and every message is back in the queue, visible
+    assert handled == []
+    assert queue.depth == 3
+    assert len(queue.receive(max_messages=10, wait_time_seconds=0)) == 3
 
 
 def test_the_store_error_is_a_configuration_error(client):
