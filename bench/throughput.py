@@ -23,12 +23,13 @@ import time
 import uuid
 
 from microbus import SNSProducer, SQSConsumer, TopicArns, Worker
-from microbus.dispatch import SQSMessageDispatcher
-from microbus.emulator import EmbeddedEmulator, Endpoint
-from microbus.registry import HandlerRegistry, SchemaRegistry
+from microbus.consume.dispatch import SQSMessageDispatcher
+from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
+from microbus.testing.emulator import EmbeddedEmulator, Endpoint
 from microbus.topology import Queue, Subscription, Topology, apply_topology
-from microbus.transport import SNSTransport, SQSTransport
+from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.transport import SNSTransport, SQSTransport
 from schemas import OrderPlaced
 
 

@@ -182,6 +182,28 @@ def _serialize_dynamodb() -> None:
     DynamoHandler.call_action = serialized  # type: ignore[method-assign]
 
 
+def _serialize_sqs_receives() -> None:
+    """Make moto hand out each queue's messages to one ReceiveMessage at a time.
+
+    moto picks the visible messages of a queue without a lock, so two receives at once can both return the
+    same message (and, on a FIFO queue, slices of one message group); SQS never does. Workers keep several
+    receives in flight, so the embedded emulator serialises them per queue.
+    """
+    import threading
+    from collections import defaultdict
+
+    from moto.sqs.models import SQSBackend
+
+    locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+    receive_message = SQSBackend.receive_message
+
+    def serialized(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        with locks[queue_name]:
+            return receive_message(self, queue_name, *args, **kwargs)
+
+    SQSBackend.receive_message = serialized  # type: ignore[method-assign]
+
+
 def _serve() -> None:
     """Child process: serve on a free loopback port, print it, exit when stdin closes."""
     import logging
@@ -190,6 +212,7 @@ def _serve() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     _serialize_dynamodb()
+    _serialize_sqs_receives()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(server.get_host_and_port()[1], flush=True)

@@ -156,3 +156,33 @@ def _receive(sqs, url, timeout_s=10.0):
         if messages:
             return messages
     return []
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_receives_never_return_one_message_twice(microbus_endpoint, name):
+    # moto picks visible messages without a lock, so two receives at once could both return one message;
+    # SQS and LocalStack never do, and the embedded emulator serialises each queue's receives to match.
+    import collections
+    import threading
+
+    sqs = microbus_endpoint.settings().client("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    for batch in range(30):
+        entries = [{"Id": str(i), "MessageBody": f"{batch}-{i}"} for i in range(10)]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    seen: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def receive() -> None:
+        client = microbus_endpoint.settings().client("sqs")
+        for _ in range(12):
+            response = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60)
+            with lock:
+                seen.update(message["MessageId"] for message in response.get("Messages", []))
+
+    threads = [threading.Thread(target=receive) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    assert max(seen.values()) == 1, [mid for mid, count in seen.items() if count > 1]
