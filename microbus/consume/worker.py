@@ -514,10 +514,10 @@ class Worker:
             tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
         )
         retried = result.outcome.action is Action.RETRY
-        startable, released = self._scheduler.finished(tracked, retried=retried)
+        startable, later = self._scheduler.finished(tracked, retried=retried)
         self._settle(tracked, result)
-        for later in released:
-            self._release(later)
+        for each in later:  # SQS holds the group back while the failed one is in flight: order holds
+            self._release(each)
         self._start(startable)
 
     # Settling

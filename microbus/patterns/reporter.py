@@ -124,35 +124,43 @@ class ReplyQueues:
         """Whether ``reply_to`` (a queue URL from the wire) is one of these queues."""
         if reply_to.rstrip("/") in self._urls:
             return True
-        try:
-            url = urlsplit(reply_to)
-        except ValueError:
+        parts = _queue_parts(reply_to)
+        if parts is None:
             return False
-        if url.scheme not in ("http", "https") or url.query or url.fragment:
-            return False
-        path = [p for p in url.path.split("/") if p]
-        if not path:
-            return False
-        if path[-1] in self._names and len(path) <= 2:
-            return self._home is None or self._home == _host_and_account(reply_to)
-        if len(path) != 2:
-            return False
-        found = self._AWS_REGION.search(url.hostname or "")
-        region = found.group(1) if found else None
+        host, region, account, name = parts
+        if name in self._names:
+            return self._home is None or self._home == (host, account)
+        if region is None:
+            found = self._AWS_REGION.search(host)
+            region = found.group(1) if found else None
         return any(
-            account == path[0] and name == path[1] and (region is None or arn_region in (region, "*"))
-            for arn_region, account, name in self._arns
+            arn_account == account and arn_name == name and (region is None or arn_region in (region, "*"))
+            for arn_region, arn_account, arn_name in self._arns
         )
 
 
-def _host_and_account(url: str) -> tuple[str, str]:
-    """The host and the first path segment (the account) of a queue URL."""
+def _queue_parts(url: str) -> tuple[str, str | None, str, str] | None:
+    """Host, region (when the path names one), account and name of a queue URL: AWS's and the emulators'
+    ``/<account>/<name>``, or LocalStack's path style ``/queue/<region>/<account>/<name>``; None otherwise."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return ("", "")
+        return None
+    if parts.scheme not in ("http", "https") or parts.query or parts.fragment:
+        return None
     path = [p for p in parts.path.split("/") if p]
-    return ((parts.hostname or "").lower(), path[0] if len(path) == 2 else "")
+    host = (parts.hostname or "").lower()
+    if len(path) == 2:
+        return host, None, path[0], path[1]
+    if len(path) == 4 and path[0] == "queue":
+        return host, path[1], path[2], path[3]
+    return None
+
+
+def _host_and_account(url: str) -> tuple[str, str]:
+    """The host and the account of a queue URL (empty when it is not one)."""
+    parts = _queue_parts(url)
+    return (parts[0], parts[2]) if parts is not None else ("", "")
 
 
 class ParallelReporter(Middleware):

@@ -15,6 +15,7 @@ frees up meanwhile, so a round costs up to ``wait_seconds`` on moto.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -53,6 +54,13 @@ class GroupStep(PubSubMessageSchema):
 MT = GroupStep.MEDIA_TYPE
 GROUPS = ("A", "B", "C")
 PER_GROUP = 50
+
+
+LOCALSTACK_FIFO = pytest.mark.skipif(
+    os.environ.get("MICROBUS_TEST_EMULATOR") == "localstack",
+    reason="LocalStack returns a group's later message while an earlier one is in flight after a visibility "
+    "change (SQS holds the group back); the worker's part is covered on the embedded emulator",
+)
 
 
 def make_fifo_queue(endpoint, *, max_receive_count=5, visibility_timeout_s=30):
@@ -188,6 +196,7 @@ def test_messages_of_one_group_run_one_at_a_time_in_order_and_groups_run_in_para
 
 
 @pytest.mark.timeout(60)
+@LOCALSTACK_FIFO
 def test_a_retried_message_keeps_its_group_in_order_and_other_groups_go_on(microbus_endpoint):
     # Given 3 interleaved groups, and a handler whose first attempt at B/10 fails
     sqs, url, _ = make_fifo_queue(microbus_endpoint)
@@ -220,6 +229,7 @@ def test_a_retried_message_keeps_its_group_in_order_and_other_groups_go_on(micro
 
 
 @pytest.mark.timeout(60)
+@LOCALSTACK_FIFO
 def test_a_later_message_of_a_failed_group_admitted_after_the_failure_still_waits_for_the_retry(microbus_endpoint):
     """Regression guard: the worker releases the failed group's *waiting* messages; a message of the same
     receive batch that reached the scheduler only after the failure (one message admitted at a time, behind a

@@ -15,7 +15,7 @@ from microbus.consume.handlers import HandlerRegistry
 from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError
 from microbus.patterns.parallel import ParallelRequest
-from microbus.patterns.reporter import ParallelReporter
+from microbus.patterns.reporter import ParallelReporter, ReplyQueues
 from microbus.wire.schemas import SchemaRegistry
 
 MEDIA_TYPE = "application/vnd.test.reporter.reply-to"
@@ -151,3 +151,13 @@ def test_the_graph_takes_an_explicit_list_also_as_comma_separated_text():
 def test_a_target_daemon_without_any_allowed_reply_queue_is_refused_with_one_sentence():
     with pytest.raises(ConfigurationError, match="parallel_reporter.allowed_reply_queues"):
         graph().parallel_reporter  # noqa: B018
+
+
+def test_localstack_path_style_queue_urls_match_by_name_and_arn():
+    home = "http://127.0.0.1:4566/queue/us-east-1/000000000000/fulfilment"
+    callbacks = "http://127.0.0.1:4566/queue/us-east-1/000000000000/fulfilment-callbacks"
+    assert ReplyQueues(["fulfilment-callbacks"], home_queue_url=home).allows(callbacks)
+    assert ReplyQueues(["arn:aws:sqs:us-east-1:000000000000:fulfilment-callbacks"]).allows(callbacks)
+    assert not ReplyQueues(["arn:aws:sqs:eu-west-1:000000000000:fulfilment-callbacks"]).allows(callbacks)
+    other_account = "http://127.0.0.1:4566/queue/us-east-1/111111111111/fulfilment-callbacks"
+    assert not ReplyQueues(["fulfilment-callbacks"], home_queue_url=home).allows(other_account)
