@@ -103,7 +103,6 @@ class VisibilityHeartbeat:
         self.fraction = fraction
         self.max_hold_s = min(float(max_hold_s), SQS_MAX_HOLD_S)
         self.extensions = 0
-        self.calls = 0
         self._leases: dict[int, Lease] = {}
         self._cond = threading.Condition()
         self._stopped = False
@@ -189,7 +188,6 @@ class VisibilityHeartbeat:
         error: TransportError | None = None
         failed: set[str] = set()
         try:
-            self.calls += 1
             failed = set(self.transport.change_visibility_entries([(lease.receipt_handle, s) for lease, s in batch]))
         except TransportError as exc:
             error = exc

@@ -27,12 +27,6 @@ class Scheduler:
         self._cond = threading.Condition()
 
     @property
-    def running(self) -> int:
-        """Messages whose handler runs."""
-        with self._cond:
-            return len(self._running)
-
-    @property
     def waiting(self) -> int:
         """Messages waiting for a handler."""
         with self._cond:
