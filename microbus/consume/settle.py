@@ -101,7 +101,8 @@ class Settler:
         self._retry: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
         self._in_flight = 0
-        self._entries = 0
+        self._live: set[_Entry] = set()
+        """Entries whose settling has not ended: pending, scheduled for a retry, or in a call."""
         self._closing = False
         self._cond = threading.Condition()
         self._pool = DaemonThreadPool(self.max_in_flight, name="microbus-settle")
@@ -111,12 +112,6 @@ class Settler:
     def closed(self) -> bool:
         """True once :meth:`close` was called: nothing new is settled here."""
         return self._closing
-
-    @property
-    def outstanding(self) -> int:
-        """Messages whose settling has not ended."""
-        with self._cond:
-            return self._entries
 
     def delete(self, tracked: Tracked, ends_as: EventKind = EventKind.SETTLED) -> None:
         """Delete a message (ack)."""
@@ -141,14 +136,13 @@ class Settler:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            while self._entries and time.monotonic() < deadline:
+            while self._live and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-            abandoned = [entry for entries in self._pending.values() for entry in entries]
-            abandoned += [entry for _, _, entry in self._retry]
+            abandoned = list(self._live)  # in a call that is still out too: its late answer is ignored
             for entries in self._pending.values():
                 entries.clear()
             self._retry.clear()
-            left = self._entries
+            left = len(abandoned)
         for entry in abandoned:
             self._finish(entry, EventKind.SETTLE_FAILED, "not settled before the shutdown deadline")
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -161,7 +155,7 @@ class Settler:
             self.done(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")
             return
         with self._cond:
-            self._entries += 1
+            self._live.add(entry)
             pending = self._pending[entry.step]
             pending.append(entry)
             if len(pending) == 1 or len(pending) % MAX_BATCH == 0:  # starts a batch's timer, or fills one
@@ -310,12 +304,12 @@ class Settler:
     def _finish(self, entry: _Entry, kind: EventKind, detail: str | None) -> None:
         if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
             detail = f"dead-letter copy sent, original not deleted ({detail})"
-        try:
-            self.done(entry.tracked, kind, detail)
-        finally:
-            with self._cond:
-                self._entries -= 1
-                self._cond.notify_all()
+        with self._cond:
+            if entry not in self._live:  # already given up on at the shutdown deadline
+                return
+            self._live.discard(entry)
+            self._cond.notify_all()
+        self.done(entry.tracked, kind, detail)
 
 
 class BatchAcker:

@@ -167,3 +167,30 @@ def test_a_dead_letter_copy_refused_by_sqs_is_sent_again_with_the_reason_only():
     assert queue.depth == 0
     s.close(1.0)
     supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_call_still_out_at_the_deadline_is_given_up_and_its_late_answer_ignored():
+    # Given a delete call that hangs past the shutdown deadline
+    class Hanging(StubQueue):
+        def __post_init__(self):
+            super().__post_init__()
+            self.entered, self.answer = threading.Event(), threading.Event()
+
+        def delete_batch(self, handles):
+            self.entered.set()
+            self.answer.wait(10)
+            return super().delete_batch(handles)
+
+    queue, outcomes = Hanging(), Outcomes()
+    (tracked,) = held(queue, 1)
+    s, supervisor = settler(queue, outcomes)
+    s.delete(tracked)
+    assert queue.entered.wait(5)
+    # When the settler closes, Then the message is reported given up at once, exactly once
+    assert s.close(0.2) == 1
+    assert outcomes.done[tracked.message.message_id][0] is EventKind.SETTLE_FAILED
+    queue.answer.set()
+    wait_for(lambda: queue.depth == 0, timeout_s=5, what="the late delete")
+    assert outcomes.calls == 1
+    supervisor.stop()
