@@ -18,7 +18,7 @@ from microbus.topology.describe import describe_lines
 from microbus.topology.policy import ArnBuilder, iam_policies
 from microbus.wire.transport import AWSSettings, translate_errors
 
-REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
+REFERENCE_TOPOLOGY = "microbus.reference.daemons.reference:TOPOLOGY"
 TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
 T = TypeVar("T")
 
@@ -54,7 +54,9 @@ def emulator(reference: str, no_topology: bool) -> None:
         click.echo(embedded.endpoint_url)
         if not no_topology:
             applied = _run(lambda: embedded.apply(resolve_topology(reference)))
-            click.echo(json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}))
+            click.echo(
+                json.dumps({"microbus_sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls})
+            )
             click.echo(f"topology {reference}: {applied.plan.summary()}", err=True)
         try:
             sys.stdin.read() if not sys.stdin.isatty() else click.pause(info="Ctrl-C to stop")
@@ -73,7 +75,7 @@ def demo(count: int, concurrency: int, timeout_s: float, fulfil: int, verbose: b
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from daemons.demo import run_demo
+    from microbus.reference.daemons.demo import run_demo
 
     try:
         summary = run_demo(count=count, concurrency=concurrency, timeout_s=timeout_s, fulfil=fulfil)

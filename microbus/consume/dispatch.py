@@ -441,10 +441,10 @@ def log_result(result: Result) -> None:
     middleware=[],
 )
 def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher:
-    """microcosm factory: ``graph.sqs_message_dispatcher``; ``middleware`` names graph components."""
-    config = graph.config.sqs_message_dispatcher
+    """microcosm factory: ``graph.microbus_sqs_message_dispatcher``; ``middleware`` names graph components."""
+    config = graph.config.microbus_sqs_message_dispatcher
     return SQSMessageDispatcher(
-        handler_registry=graph.sqs_message_handler_registry,
+        handler_registry=graph.microbus_sqs_message_handler_registry,
         retry_policy=RetryPolicy(
             base_s=float(config.backoff_base_s),
             max_s=float(config.backoff_max_s),
@@ -459,7 +459,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
 
 def _middleware(graph: ObjectGraph, names: list[str]) -> list[Middleware]:
     """The named graph components; with idempotent handlers, ``idempotency_guard`` innermost unless named."""
-    if graph.sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
+    if graph.microbus_sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
         names.append("idempotency_guard")
     return [getattr(graph, name) for name in names]
 

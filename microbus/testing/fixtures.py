@@ -73,8 +73,8 @@ class TestQueue:
         """Graph config pointing the producer at the topic and the consumer at the queue."""
         config: dict[str, Any] = {
             **self.endpoint.config(),
-            "sns_topic_arns": {"default": self.topic_arn},
-            "sqs_consumer": {"sqs_queue_url": self.queue_url, "wait_seconds": 1},
+            "microbus_sns_topic_arns": {"default": self.topic_arn},
+            "microbus_sqs_consumer": {"sqs_queue_url": self.queue_url, "wait_seconds": 1},
         }
         for key, value in extra.items():
             config[key] = {**config.get(key, {}), **value}
@@ -202,5 +202,5 @@ def microbus_queue(make_queue: Callable[..., TestQueue]) -> TestQueue:
 def microbus_graph(microbus_queue: TestQueue) -> ObjectGraph:
     """A microcosm graph whose producer and consumer use ``microbus_queue``."""
     graph = create_object_graph("microbus-test", testing=True, loader=load_from_dict(microbus_queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer", "sqs_message_dispatcher")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer", "microbus_sqs_message_dispatcher")
     return graph

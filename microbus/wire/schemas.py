@@ -72,5 +72,5 @@ class SchemaRegistry:
 
 
 def configure_schema_registry(graph: ObjectGraph) -> SchemaRegistry:
-    """microcosm factory: ``graph.pubsub_message_schema_registry``."""
+    """microcosm factory: ``graph.microbus_pubsub_message_schema_registry``."""
     return SchemaRegistry()

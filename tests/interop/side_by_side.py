@@ -1,0 +1,71 @@
+"""Runs in the peer virtualenv, where microcosm-pubsub 3.0.0 and microbus are both installed.
+
+Builds a microbus graph the way microbus's documentation says and a microcosm-pubsub graph the way
+microcosm-pubsub's does, in one process, and reports which package each component came from; then
+produces and handles one message with microbus through the emulator. Prints one JSON object.
+
+Usage: ``side_by_side.py CONFIG_JSON`` (CONFIG_JSON: a microbus graph config; see test_side_by_side.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from marshmallow import fields
+from microcosm.api import create_object_graph
+from microcosm.loaders import load_from_dict
+
+import microbus
+from microbus import Outcome, PubSubMessageSchema, handles, schema
+
+MICROBUS_COMPONENTS = ("microbus_sns_producer", "microbus_sqs_consumer", "microbus_sqs_message_dispatcher")
+PEER_COMPONENTS = ("sns_producer", "sqs_consumer", "sqs_message_dispatcher")
+
+
+@schema
+class Ping(PubSubMessageSchema):
+    MEDIA_TYPE = "application/vnd.microbus.side-by-side.ping"
+    text = fields.String(required=True)
+
+
+handled: list[dict[str, Any]] = []
+
+
+@handles(Ping)
+def on_ping(content: dict[str, Any]) -> None:
+    handled.append(content)
+
+
+def package_of(component: object) -> str:
+    return type(component).__module__.split(".", 1)[0]
+
+
+def main(config: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    graph = create_object_graph("side_by_side", testing=True, loader=load_from_dict(config))
+    report["microbus"] = {name: package_of(getattr(graph, name)) for name in MICROBUS_COMPONENTS}
+    peer = create_object_graph("peer", testing=True)
+    report["peer"] = {name: package_of(getattr(peer, name)) for name in PEER_COMPONENTS}
+    if set(report["microbus"].values()) != {"microbus"}:
+        return report
+    producer, consumer, dispatcher = (getattr(graph, name) for name in MICROBUS_COMPONENTS)
+    producer.produce(Ping.MEDIA_TYPE, text="hello")
+    outcomes = []
+    while not outcomes:
+        outcomes = [dispatcher.handle(message).outcome for message in consumer.consume()]
+    report["outcomes"] = [outcome.name for outcome in outcomes]
+    report["handled"] = handled
+    report["succeeded"] = outcomes == [Outcome.SUCCEEDED]
+    try:
+        microbus.use_familiar_names()
+    except microbus.ConfigurationError as error:
+        report["familiar_names"] = str(error)
+    else:
+        report["familiar_names"] = "accepted"
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))
