@@ -21,7 +21,7 @@ import microbus
 from microbus import Outcome, PubSubMessageSchema, handles, schema
 
 MICROBUS_COMPONENTS = ("microbus_sns_producer", "microbus_sqs_consumer", "microbus_sqs_message_dispatcher")
-PEER_COMPONENTS = ("sns_producer", "sqs_consumer", "sqs_message_dispatcher")
+PEER_COMPONENTS = ("sns_producer", "sqs_consumer")  # its sns_topic_arns is a plain dict
 
 
 @schema
@@ -42,11 +42,25 @@ def package_of(component: object) -> str:
     return type(component).__module__.split(".", 1)[0]
 
 
+def peer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """microcosm-pubsub's config for the same endpoint, topic and queue (its own section names)."""
+    endpoint = {"endpoint_url": config["aws"]["endpoint_url"], "region_name": config["aws"]["region_name"]}
+    return {
+        "sns_producer": {**endpoint, "skip": "false"},
+        "sns_topic_arns": {"default": config["microbus_sns_topic_arns"]["default"]},
+        "sqs_consumer": {
+            **endpoint,
+            "sqs_queue_url": config["microbus_sqs_consumer"]["sqs_queue_url"],
+            "sqs_event": "",
+        },
+    }
+
+
 def main(config: dict[str, Any]) -> dict[str, Any]:
     report: dict[str, Any] = {}
     graph = create_object_graph("side_by_side", testing=True, loader=load_from_dict(config))
     report["microbus"] = {name: package_of(getattr(graph, name)) for name in MICROBUS_COMPONENTS}
-    peer = create_object_graph("peer", testing=True)
+    peer = create_object_graph("peer", loader=load_from_dict(peer_config(config)))
     report["peer"] = {name: package_of(getattr(peer, name)) for name in PEER_COMPONENTS}
     if set(report["microbus"].values()) != {"microbus"}:
         return report
