@@ -15,7 +15,8 @@ from microcosm.api import create_object_graph, load_from_dict
 from microbus.testing import wait_for
 from tests.interop.peer_env import PEER_SCRIPT, ensure_peer_python
 
-pytestmark = pytest.mark.integration
+# The first test builds the peer venv (cached in .cache/): minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 

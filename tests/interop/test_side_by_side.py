@@ -12,7 +12,8 @@ import pytest
 
 from tests.interop.peer_env import HERE, ensure_peer_python
 
-pytestmark = pytest.mark.integration
+# The first test builds the peer venv (cached in .cache/): minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
