@@ -1,6 +1,6 @@
 """README.md's Python blocks, grouped by ``## `` section, with the HTML-comment directives that steer them.
 
-Rules (written down in tests/readme/README.md):
+Rules (also in tests/readme/README.md):
 
 - Each ``## `` section's ```` ```python ```` blocks run in order, in one namespace, in a fresh interpreter
   (so one section's registrations never leak into another's), after the shared prelude.
