@@ -89,8 +89,9 @@ setup(
             "microbus-fulfilment-daemon = microbus.reference.daemons.fulfilment:main",
             "microbus-fulfilment-callbacks-daemon = microbus.reference.daemons.fulfilment:callbacks_main",
         ],
+        # Named after the module, so a conftest that still lists it in pytest_plugins is not a second registration.
         "pytest11": [
-            "microbus = microbus.testing.fixtures",
+            "microbus.testing.fixtures = microbus.testing.fixtures",
         ],
         "microcosm.factories": [
             "microbus_pubsub_message_schema_registry = microbus.wire.schemas:configure_schema_registry",

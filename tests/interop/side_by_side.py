@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from marshmallow import fields
@@ -67,7 +68,8 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
     producer, consumer, dispatcher = (getattr(graph, name) for name in MICROBUS_COMPONENTS)
     producer.produce(Ping.MEDIA_TYPE, text="hello")
     outcomes = []
-    while not outcomes:
+    deadline = time.monotonic() + 30
+    while not outcomes and time.monotonic() < deadline:  # LocalStack delivers SNS → SQS asynchronously
         outcomes = [dispatcher.handle(message).outcome for message in consumer.consume()]
     report["outcomes"] = [outcome.name for outcome in outcomes]
     report["handled"] = handled

@@ -68,6 +68,6 @@ def test_the_wheel_entry_points_are_microbus_own_names_the_scripts_and_the_pytes
                      "sns_producer", "sqs_consumer", "sqs_message_dispatcher"):  # fmt: skip
         assert familiar not in factories
         assert f"microbus_{familiar}" in factories
-    assert sections["pytest11"] == {"microbus": "microbus.testing.fixtures"}
+    assert sections["pytest11"] == {"microbus.testing.fixtures": "microbus.testing.fixtures"}
     assert sections["console_scripts"]["microbus-orders-daemon"] == "microbus.reference.daemons.orders:main"
     assert all(target.startswith("microbus") for target in sections["console_scripts"].values())
