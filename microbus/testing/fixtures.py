@@ -1,6 +1,7 @@
 """pytest fixtures: an emulator endpoint, a fresh topic + queue (+ DLQ) per test, a configured graph.
 
-Enable with ``pytest_plugins = ["microbus.testing.fixtures"]``. Choose the emulator with
+Installed as a pytest plugin (the ``pytest11`` entry point ``microbus.testing.fixtures``; ``-p
+no:microbus.testing.fixtures`` turns it off). Choose the emulator with
 ``--emulator moto|localstack`` or ``MICROBUS_TEST_EMULATOR`` (default moto, the embedded server).
 ``MICROBUS_TEST_ENDPOINT_URL`` points the tests at an emulator already running. For LocalStack without
 one, the fixture starts ``localstack/localstack.sh`` (or ``MICROBUS_LOCALSTACK_SCRIPT``) for the session;
