@@ -48,10 +48,11 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 

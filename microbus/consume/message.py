@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from microbus.errors import DecodeError, MissingMediaTypeError
 from microbus.wire.codecs import MESSAGE_ID_KEY
+from microbus.wire.context import OpaqueData
 from microbus.wire.envelope import unwrap_envelope
 
 if TYPE_CHECKING:
@@ -55,11 +56,12 @@ class SQSMessage:
         )
 
     @property
-    def opaque_data(self) -> dict[str, Any]:
-        """The opaque data carried through the flow (request ids, publish time, …)."""
+    def opaque_data(self) -> OpaqueData:
+        """The opaque data carried through the flow (request ids, publish time, …): a copy, keys lower-cased
+        as microcosm-pubsub sends them, looked up in any case."""
         if self.content is None:
-            return {}
-        return dict(self.content.get("opaque_data") or {})
+            return OpaqueData()
+        return OpaqueData(self.content.get("opaque_data") or {})
 
     @property
     def idempotency_key(self) -> str:

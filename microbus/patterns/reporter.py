@@ -40,11 +40,10 @@ from microbus.patterns.parallel import (
     CID_KEY,
     ParallelRequest,
     TargetReport,
-    bind_cid,
     target_payload,
-    unbind_cid,
     utc_now,
 )
+from microbus.wire.context import bind_cid, unbind_cid
 from microbus.wire.sanitize import log_repr
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport
@@ -207,7 +206,7 @@ class ParallelReporter(Middleware):
         self.schema_registry = schema_registry
         self.mode = mode
         self.max_message_bytes = max_message_bytes
-        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None]]] = {}
+        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None] | None]] = {}
         self._refused: set[int] = set()
         self._lock = threading.Lock()
 
@@ -217,7 +216,7 @@ class ParallelReporter(Middleware):
 
     def before_handle(self, message: SQSMessage) -> None:
         request = ParallelRequest.from_message(message)  # read once per message, kept until after_handle
-        token = bind_cid(request.cid if request else None)
+        token = bind_cid(request.cid) if request else None  # others keep the message's cid
         refused = request is not None and not self.allows(request.reply_to)
         if refused:
             assert request is not None

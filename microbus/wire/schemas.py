@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING, TypeVar
 
 from microbus.errors import ConfigurationError, UnknownMediaTypeError
@@ -33,6 +34,24 @@ def schema(cls: SchemaT) -> SchemaT:
     return cls
 
 
+def wildcard_of(media_type: str) -> str | None:
+    """The wildcard media type that would match ``media_type``: its last dot-separated part replaced by ``*``
+    (``application/vnd.globality.pubsub._.created.foo.*`` matches ``…created.foo.bar``, not ``…foo.bar.baz``),
+    as microcosm-pubsub matches them; None for a media type without a dot, or one that is a wildcard itself."""
+    prefix, dot, last = media_type.rpartition(".")
+    if not dot or not prefix or last == "*":
+        return None
+    return f"{prefix}.*"
+
+
+def match_media_type(media_type: str, known: Container[str]) -> str | None:
+    """The registered media type that ``media_type`` matches: itself, else its wildcard (:func:`wildcard_of`)."""
+    if media_type in known:
+        return media_type
+    wildcard = wildcard_of(media_type)
+    return wildcard if wildcard is not None and wildcard in known else None
+
+
 def media_type_of(target: str | type[PubSubMessageSchema]) -> str:
     """Return the media type named by a media type string or a schema class."""
     if isinstance(target, str):
@@ -48,22 +67,23 @@ class SchemaRegistry:
         self._codecs: dict[str, PubSubMessageCodec] = {}
 
     def find(self, media_type: str) -> PubSubMessageCodec:
-        """Return the codec of a media type.
+        """Return the codec of a media type: its own schema's, else the schema of its wildcard media type
+        (``prefix.*``, see :func:`wildcard_of`).
 
         Raises:
             UnknownMediaTypeError: no schema is registered for it.
         """
         codec = self._codecs.get(media_type)
         if codec is None:
-            try:
-                cls = self._schemas[media_type]
-            except KeyError:
+            registered = match_media_type(media_type, self._schemas)
+            if registered is None:
                 raise UnknownMediaTypeError(f"No schema is registered for media type {log_repr(media_type)}") from None
-            codec = self._codecs[media_type] = PubSubMessageCodec(cls())
+            codec = self._codecs.get(registered) or PubSubMessageCodec(self._schemas[registered]())
+            self._codecs[registered] = codec
         return codec
 
     def __contains__(self, media_type: object) -> bool:
-        return media_type in self._schemas
+        return isinstance(media_type, str) and match_media_type(media_type, self._schemas) is not None
 
     @property
     def media_types(self) -> list[str]:
