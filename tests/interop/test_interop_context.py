@@ -4,6 +4,7 @@ and wildcard media types, through real SNS topics and SQS queues on the emulator
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from marshmallow import fields
@@ -212,3 +213,18 @@ def test_the_peer_decodes_a_wildcard_media_type_but_finds_no_handler_for_it(peer
     assert handled == []
     assert [r["result"] for r in results] == ["IGNORED"]
     wait_for(lambda: queue.depth() == 0, timeout_s=10, what="the peer's delete")
+
+
+def test_convention_media_types_match_the_peer_s(peer_python):  # noqa: F811
+    from microbus.compat.conventions import changed, created, deleted
+
+    resources = ["order", "OrderLine", "order-line", "HTTPRequest"]
+    code = (
+        "import json, sys; from microcosm_pubsub.conventions import changed, created, deleted; "
+        "print(json.dumps([[f(r) for f in (created, changed, deleted)] for r in json.loads(sys.argv[1])]))"
+    )
+    result = subprocess.run(
+        [str(peer_python), "-c", code, json.dumps(resources)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[f(r) for f in (created, changed, deleted)] for r in resources]
