@@ -296,6 +296,11 @@ class SQSMessageDispatcher:
                 TTL_KEY,
                 context.malformed_ttl,
             )
+        if context.skipped and logger.isEnabledFor(logging.DEBUG):
+            names = ", ".join(log_text(key, 60) for key in context.skipped[:10])
+            logger.debug(
+                "Message %r: opaqueData entries not passed on (not text, or too long): %s", message.message_id, names
+            )
         return context
 
     def _finish(

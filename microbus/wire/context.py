@@ -34,7 +34,11 @@ DEFAULT_INITIAL_TTL = 32
 """microcosm-pubsub's ``sqs_message_context.initial_ttl``: the hops a message without a TTL starts with."""
 MAX_FORWARDED_KEY_CHARS = 256
 MAX_FORWARDED_VALUE_CHARS = 8192
-"""Longer opaqueData entries are not forwarded: a message must not carry its ancestors' bulk to SNS's limit."""
+MAX_FORWARDED_CHARS = 16_384
+"""Longer opaqueData entries, and those beyond this total, are not forwarded: a message must not carry its
+ancestors' bulk (or a hostile producer's) to SNS's 256 KiB limit."""
+MAX_CID_CHARS = 256
+"""A longer inbound cid is not taken: the message's own id is its cid instead."""
 _TTL_TEXT = re.compile(r"\s*[+-]?\d{1,18}\s*")
 
 _cid: ContextVar[str | None] = ContextVar("microbus_cid", default=None)
@@ -124,16 +128,21 @@ def build_context(
     opaque = OpaqueData(opaque_data)
     forwarded: dict[str, str] = {}
     skipped = []
+    room = MAX_FORWARDED_CHARS
     for key, value in opaque.items():
         if not isinstance(key, str) or key in (PUBLISHED_KEY, TTL_KEY):
             continue
         if key.startswith(MICROBUS_PREFIX) and key != CID_KEY:
             continue
-        if isinstance(value, str) and len(key) <= MAX_FORWARDED_KEY_CHARS and len(value) <= MAX_FORWARDED_VALUE_CHARS:
+        size = len(key) + len(value) if isinstance(value, str) else 0
+        if size and len(key) <= MAX_FORWARDED_KEY_CHARS and len(value) <= MAX_FORWARDED_VALUE_CHARS and size <= room:
             forwarded[key] = value
+            room -= size
         else:
             skipped.append(key)
-    cid = forwarded.get(CID_KEY) or fallback_cid
+    cid = forwarded.get(CID_KEY)
+    if not cid or len(cid) > MAX_CID_CHARS:
+        cid = fallback_cid
     forwarded[CID_KEY] = cid
     malformed: str | None = None
     ttl: int | None = None

@@ -235,3 +235,15 @@ def test_an_exact_registration_wins_over_the_wildcard():
     handlers = HandlerRegistry({WILDCARD: lambda c: "wild", exact: lambda c: "exact"})
     assert handlers.find(exact)({}) == "exact"
     assert handlers.find("application/vnd.microbus.test.created.other")({}) == "wild"
+
+
+def test_forwarded_opaque_data_is_bounded_in_total_and_a_huge_cid_is_not_taken():
+    sent = []
+    sns = producer()
+    inbound = {f"x-k{i}": "v" * 8000 for i in range(10)} | {"x-microbus-cid": "c" * 300}
+    result, message = handle(lambda c: sent.append(sns.create_message(OrderPlaced.MEDIA_TYPE, order_id="o")), inbound)
+    assert result.outcome is Outcome.SUCCEEDED
+    opaque = produced_opaque(sent[0])
+    assert len(sent[0].message) < 20_000
+    assert opaque["x-k0"] and opaque["x-k1"] and "x-k2" not in opaque
+    assert opaque["x-microbus-cid"] == message.idempotency_key
