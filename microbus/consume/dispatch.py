@@ -38,6 +38,7 @@ from microbus.wire.context import (
     build_context,
     current_message_context,
     message_context,
+    parse_ttl,
 )
 from microbus.wire.sanitize import log_repr, log_text
 
@@ -519,7 +520,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
         middleware=_middleware(graph, list(config.middleware or ())),
-        initial_ttl=int(config.initial_ttl) if _truthy(config.enable_ttl) else None,
+        initial_ttl=_initial_ttl(config.initial_ttl) if _truthy(config.enable_ttl) else None,
         dead_letter_expired_ttl=_truthy(config.dead_letter_expired_ttl),
     )
 
@@ -560,6 +561,20 @@ def _complete(value: Any) -> Any:
 def _visibility(seconds: int | None) -> int | None:
     """A handler's requested retry delay, within SQS's 0..12 h; None means: use the backoff."""
     return None if seconds is None else max(0, min(MAX_VISIBILITY_S, int(seconds)))
+
+
+def _initial_ttl(value: Any) -> int:
+    """``sqs_message_dispatcher.initial_ttl``: a positive integer.
+
+    Raises:
+        ConfigurationError: it is not one.
+    """
+    ttl = parse_ttl(value)
+    if ttl is None or ttl < 1:
+        raise ConfigurationError(
+            f"sqs_message_dispatcher.initial_ttl must be a positive integer (hops), not {log_repr(value)}"
+        )
+    return ttl
 
 
 def _truthy(value: Any) -> bool:

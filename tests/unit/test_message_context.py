@@ -10,7 +10,15 @@ import boto3
 import pytest
 from marshmallow import fields
 
-from microbus import MessageValidationError, Outcome, PubSubMessageSchema, SNSProducer, TopicArns, current_cid
+from microbus import (
+    ConfigurationError,
+    MessageValidationError,
+    Outcome,
+    PubSubMessageSchema,
+    SNSProducer,
+    TopicArns,
+    current_cid,
+)
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import StubQueue
@@ -247,3 +255,28 @@ def test_forwarded_opaque_data_is_bounded_in_total_and_a_huge_cid_is_not_taken()
     assert len(sent[0].message) < 20_000
     assert opaque["x-k0"] and opaque["x-k1"] and "x-k2" not in opaque
     assert opaque["x-microbus-cid"] == message.idempotency_key
+
+
+@pytest.mark.parametrize("value", ["abc", 0, "-1", None])
+def test_a_malformed_initial_ttl_in_the_configuration_is_one_sentence(value):
+    from microcosm.api import create_object_graph, load_from_dict
+
+    config = {"sqs_message_dispatcher": {"initial_ttl": value}, "sqs_message_handler_registry": {"media_types": []}}
+    graph = create_object_graph("ttl", testing=True, loader=load_from_dict(config))
+    with pytest.raises(ConfigurationError, match="initial_ttl must be a positive integer"):
+        graph.use("sqs_message_dispatcher")
+
+
+def test_the_ttl_configuration_reaches_the_dispatcher():
+    from microcosm.api import create_object_graph, load_from_dict
+
+    config = {
+        "sqs_message_dispatcher": {"initial_ttl": "5", "dead_letter_expired_ttl": "true"},
+        "sqs_message_handler_registry": {"media_types": []},
+    }
+    dispatcher = create_object_graph("ttl", testing=True, loader=load_from_dict(config)).sqs_message_dispatcher
+    assert (dispatcher.initial_ttl, dispatcher.dead_letter_expired_ttl) == (5, True)
+    off = {"sqs_message_dispatcher": {"enable_ttl": "false"}, "sqs_message_handler_registry": {"media_types": []}}
+    assert (
+        create_object_graph("ttl", testing=True, loader=load_from_dict(off)).sqs_message_dispatcher.initial_ttl is None
+    )
