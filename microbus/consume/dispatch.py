@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_VISIBILITY_S = 43_200
+TTL_EXPIRED = "ttl-expired"
+"""The reason of a message whose ``x-request-ttl`` ran out: its handler never ran."""
 
 
 class Action(Enum):
@@ -200,7 +202,7 @@ class SQSMessageDispatcher:
         initial_ttl: the hops a message without ``x-request-ttl`` starts with (microcosm-pubsub's 32); each
             message's TTL is decremented once here and passed on to the messages its handler produces, and one
             that arrives at 1 or below has expired (a loop): it is acked without calling the handler (SKIPPED,
-            reason ``ttl-expired``) and logged at WARNING, as microcosm-pubsub drops it. None disables the TTL.
+            reason :data:`TTL_EXPIRED`) and logged at WARNING, as microcosm-pubsub drops it. None disables the TTL.
         dead_letter_expired_ttl: dead-letter messages whose TTL expired (REJECTED) instead of dropping them.
 
     While a message is handled (middleware included), its :class:`~microbus.wire.context.MessageContext` is
@@ -371,7 +373,7 @@ class SQSMessageDispatcher:
             fate,
         )
         outcome = Outcome.REJECTED if self.dead_letter_expired_ttl else Outcome.SKIPPED
-        return _result(message, outcome, reason="ttl-expired")
+        return _result(message, outcome, reason=TTL_EXPIRED)
 
     def _outcome(self, message: SQSMessage, call: Callable[[], Any]) -> Result:
         """Call the handler (or replay its async outcome) and turn what happened into a Result."""

@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 
 from microcosm.api import defaults
 
-from microbus.consume.dispatch import Action, AsyncHandlerCall, HandlerCall, Middleware, Outcome, Result
+from microbus.consume.dispatch import (
+    TTL_EXPIRED,
+    Action,
+    AsyncHandlerCall,
+    HandlerCall,
+    Middleware,
+    Outcome,
+    Result,
+)
 from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
@@ -287,7 +295,7 @@ class ParallelReporter(Middleware):
         Raises:
             TransportError: the callback queue could not be reached.
         """
-        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
+        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED) and result.reason != TTL_EXPIRED  # never ran
         response = result.response if ok else None
         exception = None if ok else exception_text(result.error, result.reason)
         stored = stored_response(result)
