@@ -291,7 +291,8 @@ class SQSMessageDispatcher:
     def context_of(self, message: SQSMessage) -> MessageContext:
         """The context the message passes on: its cid (the inbound ``x-microbus-cid``, else its most stable id),
         its opaqueData and its decremented TTL. A malformed TTL is logged and counts as none."""
-        context = build_context(message.opaque_data, fallback_cid=message.idempotency_key, initial_ttl=self.initial_ttl)
+        opaque = message.opaque_data
+        context = build_context(opaque, fallback_cid=message.idempotency_key_in(opaque), initial_ttl=self.initial_ttl)
         if context.malformed_ttl is not None:
             logger.warning(
                 "Message %r has a malformed %s %s (not an integer): handled as if it had none",

@@ -67,7 +67,11 @@ class SQSMessage:
     def idempotency_key(self) -> str:
         """The most stable id of this message: the producer's ``x-microbus-message-id``, else the SNS
         MessageId (enveloped delivery), else the SQS MessageId (same across redeliveries of one SQS message)."""
-        stamped = self.opaque_data.get(MESSAGE_ID_KEY)
+        return self.idempotency_key_in(self.opaque_data)
+
+    def idempotency_key_in(self, opaque_data: OpaqueData) -> str:
+        """:attr:`idempotency_key`, from this message's ``opaque_data`` already at hand."""
+        stamped = opaque_data.get(MESSAGE_ID_KEY)
         if isinstance(stamped, str) and stamped:
             return stamped
         return self.sns_message_id or self.message_id

@@ -52,11 +52,12 @@ class OpaqueData(dict[str, Any]):
     """
 
     def __init__(self, data: Mapping[Any, Any] | None = None) -> None:
-        super().__init__()
-        for key, value in (data or {}).items():
-            folded = _fold(key)
-            if folded not in self or key == folded:
-                super().__setitem__(folded, value)
+        data = data or {}
+        super().__init__({key.casefold() if key.__class__ is str else key: value for key, value in data.items()})
+        if len(self) < len(data):  # keys that differ only in case: the lower-case one wins
+            for key, value in data.items():
+                if key == _fold(key):
+                    super().__setitem__(key, value)
 
     def __getitem__(self, key: Any) -> Any:
         return super().__getitem__(_fold(key))
@@ -125,7 +126,7 @@ def build_context(
     ``initial_ttl`` None disables the TTL (nothing is decremented, nothing expires). The cid is the inbound
     ``x-microbus-cid`` when it is a non-empty string, else ``fallback_cid``.
     """
-    opaque = OpaqueData(opaque_data)
+    opaque = opaque_data if isinstance(opaque_data, OpaqueData) else OpaqueData(opaque_data)
     forwarded: dict[str, str] = {}
     skipped = []
     room = MAX_FORWARDED_CHARS
