@@ -30,6 +30,7 @@ from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
     PatternError,
+    QueueNotFoundError,
     RemoteHandlerError,
     RequestTimeoutError,
     SkipMessage,
@@ -297,6 +298,8 @@ class Replier(Middleware):
             return
         try:
             self.send_reply(reply_to, str(message.opaque_data[CID_KEY]), result)
+        except QueueNotFoundError:  # the requester closed: nobody waits for this reply, and a retry cannot help
+            logger.info("Reply to request %r dropped: its reply queue is gone", message.message_id)
         except TransportError as exc:
             logger.warning("Could not reply to request %r: %s", message.message_id, exc)
             result.outcome, result.reason, result.error, result.retry_after_s = (

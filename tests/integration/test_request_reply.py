@@ -140,3 +140,20 @@ def test_a_request_naming_a_reply_queue_that_is_not_allowed_is_dead_lettered_unr
     result = dispatcher.handle(message)
     assert ran == []
     assert result.outcome is Outcome.REJECTED and result.reason == "reply-to-not-allowed"
+
+
+def test_a_reply_to_a_closed_requester_is_dropped_and_the_request_acked(make_queue):
+    # Given a request whose requester closed (its reply queue removed) before anyone handled it
+    queue = make_queue()
+    graph = create_object_graph("rr3", testing=True, loader=load_from_dict(queue.graph_config()))
+    requester = Requester(producer=graph.sns_producer, sqs_client=queue.sqs, source="rr")
+    with pytest.raises(RequestTimeoutError):
+        requester.request(OrderPlaced.MEDIA_TYPE, {"order_id": "gone"}, timeout=0.2)
+    requester.close()
+    replier = Replier(sqs_client=queue.sqs, allowed_reply_queues=["microbus-reply-*"], home_queue_url=queue.queue_url)
+    dispatcher = SQSMessageDispatcher(
+        handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: quote}), middleware=[replier]
+    )
+    (message,) = wait_for(graph.sqs_consumer.consume, what="the request")
+    # Then handling it succeeds (no retry that would run the handler again for nobody)
+    assert dispatcher.handle(message).outcome is Outcome.SUCCEEDED
