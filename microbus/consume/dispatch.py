@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,7 @@ from microbus.wire.context import (
     message_context,
     parse_ttl,
 )
+from microbus.wire.delivery import DELIVER_AT_KEY, parse_due
 from microbus.wire.sanitize import log_repr, log_text
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Outcome(Enum):
     SKIPPED = ("SKIPPED", logging.INFO, Action.ACK)
     IGNORED = ("IGNORED", logging.DEBUG, Action.ACK)
     RETRIED = ("RETRIED", logging.INFO, Action.RETRY)
+    DEFERRED = ("DEFERRED", logging.DEBUG, Action.RETRY)
+    """Not due yet (``deliver_at``): hidden again until it is, its handler not run."""
     FAILED = ("FAILED", logging.WARNING, Action.RETRY)
     EXPIRED = ("EXPIRED", logging.WARNING, Action.DEAD_LETTER)
     REJECTED = ("REJECTED", logging.WARNING, Action.DEAD_LETTER)
@@ -207,6 +211,7 @@ class SQSMessageDispatcher:
 
     While a message is handled (middleware included), its :class:`~microbus.wire.context.MessageContext` is
     current: :func:`~microbus.current_cid` returns its cid, and the producer forwards its context.
+        clock: epoch seconds now; a message due later (``x-microbus-deliver-at``) is hidden again until then.
 
     Raises:
         ConfigurationError: some handlers are idempotent and no middleware guards them (an
@@ -224,6 +229,7 @@ class SQSMessageDispatcher:
         middleware: Sequence[Middleware] = (),
         initial_ttl: int | None = DEFAULT_INITIAL_TTL,
         dead_letter_expired_ttl: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if handler_registry.idempotent and not any(m.guards_idempotent_handlers for m in middleware):
             raise ConfigurationError(
@@ -238,6 +244,7 @@ class SQSMessageDispatcher:
         self.delete_undeliverable = delete_undeliverable
         self.initial_ttl = initial_ttl
         self.dead_letter_expired_ttl = dead_letter_expired_ttl
+        self.clock = clock
 
     def is_async(self, message: SQSMessage) -> bool:
         """True when the message's handler is a coroutine function (run it with :meth:`handle_async`)."""
@@ -256,6 +263,9 @@ class SQSMessageDispatcher:
 
     def _handle(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
+        early = self._not_due(message)
+        if early is not None:
+            return early
         for middleware in self.middleware:
             self._hook(message, None, functools.partial(_sync_hook, middleware.before_handle, message))
         handler, rejected = self._find(message)
@@ -269,6 +279,9 @@ class SQSMessageDispatcher:
 
     async def _handle_async(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
+        early = self._not_due(message)
+        if early is not None:
+            return early
         for middleware in self.middleware:
             await self._hook_async(message, None, functools.partial(middleware.before_handle, message))
         handler, result = self._find(message)
@@ -306,6 +319,21 @@ class SQSMessageDispatcher:
                 "Message %r: opaqueData entries not passed on (not text, or too long): %s", message.message_id, names
             )
         return context
+
+    def _not_due(self, message: SQSMessage) -> Result | None:
+        """A message that is not due yet is DEFERRED: visible again when due, or in 12 h (SQS's limit), whichever
+        is first; no middleware and no handler run. A malformed due time is REJECTED. None: handle it now."""
+        due_text = message.opaque_data.get(DELIVER_AT_KEY) if message.error is None else None
+        if due_text is None:
+            return None
+        try:
+            remaining = parse_due(due_text).timestamp() - self.clock()
+        except DecodeError as exc:
+            return _result(message, Outcome.REJECTED, reason=exc.reason, error=exc)
+        if remaining <= 0:
+            return None
+        hold = min(MAX_VISIBILITY_S, math.ceil(remaining))
+        return _result(message, Outcome.DEFERRED, retry_after_s=hold, reason=f"due in {remaining:.0f}s")
 
     def _finish(
         self, message: SQSMessage, result: Result, started: float, max_attempts: int | None, *, sync: bool
@@ -423,6 +451,8 @@ class SQSMessageDispatcher:
         return await call.call()
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
+        if error.retryable:  # e.g. its S3 payload could not be fetched now: retried, then dead-lettered
+            return result(Outcome.FAILED, reason=error.reason, error=error)
         unknown = error.reason in ("unknown-media-type", "no-handler")
         if unknown and self.skip_unknown_media_types:
             return result(Outcome.IGNORED, reason=error.reason)

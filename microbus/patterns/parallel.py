@@ -43,7 +43,9 @@ from microbus.errors import ConfigurationError, DecodeError, PublishError
 from microbus.produce.producer import OutgoingMessage, SNSProducer
 from microbus.wire.codecs import PubSubMessageSchema
 from microbus.wire.context import CID_KEY as CID_KEY  # re-exported
-from microbus.wire.context import current_cid as current_cid  # re-exported: where targets found it first
+from microbus.wire.context import bind_cid as bind_cid  # re-exported: where the patterns found them first
+from microbus.wire.context import current_cid as current_cid
+from microbus.wire.context import unbind_cid as unbind_cid
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.sanitize import log_text
 from microbus.wire.schemas import media_type_of, schema
