@@ -174,7 +174,10 @@ def test_an_unreachable_endpoint_is_reported_in_one_clear_sentence_and_waited_fo
 
 def test_microbus_run_rejects_a_target_that_is_not_a_daemon():
     result = subprocess.run(
-        [str(BIN / "microbus"), "run", "schemas:OrderPlaced"], capture_output=True, text=True, timeout=30
+        [str(BIN / "microbus"), "run", "microbus.reference.schemas:OrderPlaced"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "is not a ConsumerDaemon subclass" in result.stderr
