@@ -88,11 +88,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Lines of a text table: the first column left-aligned, the others right-aligned."""
+    """Lines of a text table: columns of numbers right-aligned, the others left-aligned."""
+    numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
     cells = [list(headers)] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return [
-        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        "  ".join(cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
         for row in cells
     ]
 

@@ -44,7 +44,7 @@ def list_(queue: str, count: int, body: bool, as_json: bool, settings: AWSSettin
             log_text(m.media_type or "-", 60),
             log_text(m.dead_letter.get("reason", "sqs: maxReceiveCount"), 40),
             log_text(m.dead_letter.get("error_class", "-"), 40),
-            m.dead_letter.get("receive_count", m.receive_count),
+            int(m.dead_letter.get("receive_count") or m.receive_count),
             age_text(deadletters.dead_lettered_age_s(m, now=_now())),
         ]
         for m in messages
@@ -92,7 +92,7 @@ def redrive(
     """
     sqs = settings.client("sqs")
     only = RedriveFilter(media_types=media_types, reasons=reasons, min_age_s=min_age_s, max_age_s=max_age_s)
-    progress = _Progress(enabled=not as_json)
+    progress = _Progress(enabled=not as_json and sys.stderr.isatty())
     try:
         result = deadletters.redrive(
             sqs, queue, only=only, max_messages=max_messages, use_move_task=not copy_only, on_progress=progress
@@ -119,9 +119,9 @@ def summary(result: RedriveResult) -> str:
         f"{inspect.queue_name(result.source_url)} by {how}"
     )
     if result.path == deadletters.COPY_AND_DELETE:
-        text += f"; {result.skipped} left by the filters, {result.failed} refused by SQS (still dead letters)"
+        text += f"; {result.skipped} left by the filters; {result.failed} refused by the source queue (left in the DLQ)"
         if result.not_deleted:
-            text += f", {result.not_deleted} copied but not deleted (now in both queues)"
+            text += f"; {result.not_deleted} copied but not deleted (now in both queues)"
     elif result.move_task_status != "COMPLETED":
         text += f"; the move task ended {result.move_task_status}"
     return text + "."

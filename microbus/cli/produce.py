@@ -75,7 +75,7 @@ def _contents(content: str | None, file_: IO[str] | None) -> list[tuple[str, dic
     if (content is None) == (file_ is None):
         raise click.UsageError("give the message as a JSON argument, '-' for stdin, or --file (one of them)")
     if file_ is not None:
-        name = "stdin" if file_.name == "<stdin>" else file_.name
+        name = "standard input" if file_.name == "<stdin>" else file_.name
         try:
             lines = file_.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -90,7 +90,7 @@ def _contents(content: str | None, file_: IO[str] | None) -> list[tuple[str, dic
         return parsed
     assert content is not None
     if content == "-":
-        return [("stdin", _object(sys.stdin.read(), "stdin"))]
+        return [("standard input", _object(sys.stdin.read(), "standard input"))]
     return [("the JSON argument", _object(content, "the JSON argument"))]
 
 
@@ -117,7 +117,7 @@ def _validated(build: Any, where: str) -> Any:
     try:
         return build()
     except MessageValidationError as exc:
-        raise InputError(f"The message in {where} is not valid: {exc}; nothing was published") from exc
+        raise InputError(f"The message in {where} is not valid: {str(exc).rstrip('.')}; nothing was published") from exc
 
 
 def _publish(producer: SNSProducer, messages: list[OutgoingMessage]) -> None:

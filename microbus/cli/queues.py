@@ -110,6 +110,7 @@ def message_lines(message: PeekedMessage, *, body: bool, number: int, total: int
     if message.body_error:
         lines.append(f"  body is not a microbus message: {log_text(message.body_error)}")
     if body:
+        lines.append("  body:")
         text = json.dumps(message.body, indent=2, ensure_ascii=False) if message.body is not None else message.raw_body
         lines.extend(f"    {log_text(line, BODY_LIMIT)}" for line in str(text).splitlines())
     return lines
