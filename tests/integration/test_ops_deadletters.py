@@ -109,3 +109,22 @@ def test_a_queue_without_dead_letter_queue_or_missing_is_a_clear_error(make_queu
         deadletters.list_dead_letters(queue.sqs, queue.queue_url)
     with pytest.raises(QueueNotFoundError):
         deadletters.redrive(queue.sqs, "no-such-queue-here")
+
+
+def test_a_dead_letter_queue_shared_by_two_queues_needs_to_say_where_to(make_queue):
+    # Given a second queue whose redrive policy names the first one's DLQ
+    queue = make_queue()
+    dlq_arn = queue.sqs.get_queue_attributes(QueueUrl=queue.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn["QueueArn"], "maxReceiveCount": "5"})
+    other = queue.sqs.create_queue(
+        QueueName=f"{inspect.queue_name(queue.queue_url)}-other", Attributes={"RedrivePolicy": policy}
+    )["QueueUrl"]
+    queue.sqs.send_message(QueueUrl=queue.dlq_url, MessageBody="{}")
+    # Then a redrive without a destination is refused, and moves nothing
+    with pytest.raises(ConfigurationError, match="dead-letter queue of 2 queues"):
+        deadletters.redrive(queue.sqs, queue.queue_url)
+    assert queue.depth(queue.dlq_url) == 1
+    # And with one, it goes there
+    result = deadletters.redrive(queue.sqs, queue.dlq_url, to=inspect.queue_name(other), use_move_task=False)
+    assert result.moved == 1 and result.source_url == other
+    assert queue.depth(other) == 1 and queue.depth() == 0
