@@ -30,8 +30,13 @@ from microbus.errors import (
     MicrobusError,
     Nack,
     PatternError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadUnavailableError,
     PublishError,
     QueueNotFoundError,
+    RemoteHandlerError,
+    RequestTimeoutError,
     ResponseNotSerializableError,
     ResponseTooLargeError,
     SkipMessage,
@@ -48,10 +53,13 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
+from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
+from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 
@@ -65,6 +73,8 @@ __all__ = [
     "AWSSettings",
     "SNSTransport",
     "SQSTransport",
+    "S3PayloadStore",
+    "PayloadPointer",
     # producer and consumer
     "SNSProducer",
     "TopicArns",
@@ -104,6 +114,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: request/reply
+    "Requester",
+    "Replier",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -125,6 +138,11 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadUnavailableError",
+    "RequestTimeoutError",
+    "RemoteHandlerError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",

@@ -19,10 +19,12 @@ PUBLIC = {
     "QueueNotFoundError", "TopicNotFoundError", "PublishError", "PatternError", "ResponseTooLargeError",
     "ResponseNotSerializableError", "FanInStateError", "Nack", "SkipMessage", "IgnoreMessage", "LifecycleEvent",
     "LifecycleObserver", "EventKind", "MessageState", "FanOutPublishError", "AccessDeniedError",
+    "S3PayloadStore", "PayloadPointer", "Requester", "Replier", "PayloadError", "PayloadMissingError",
+    "PayloadUnavailableError", "RequestTimeoutError", "RemoteHandlerError",
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
-LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "cli"]
+LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "compat", "cli"]
 ROOT = Path(microbus.__file__).parent
 
 
