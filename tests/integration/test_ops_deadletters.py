@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -128,3 +129,28 @@ def test_a_dead_letter_queue_shared_by_two_queues_needs_to_say_where_to(make_que
     result = deadletters.redrive(queue.sqs, queue.dlq_url, to=inspect.queue_name(other), use_move_task=False)
     assert result.moved == 1 and result.source_url == other
     assert queue.depth(other) == 1 and queue.depth() == 0
+
+
+def test_fifo_dead_letters_are_redriven_by_copy_with_their_message_group(microbus_endpoint):
+    # Given a FIFO queue and its FIFO DLQ holding dead letters of two groups (no move task for FIFO queues)
+    sqs = microbus_endpoint.settings().client("sqs")
+    name = f"fifo-{uuid.uuid4().hex[:8]}"
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(
+        QueueName=f"{name}.fifo",
+        Attributes={
+            "FifoQueue": "true",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    for group, body in (("g-1", "a"), ("g-2", "b")):
+        sqs.send_message(QueueUrl=dlq, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=body)
+    # When redriving everything
+    result = deadletters.redrive(sqs, url)
+    # Then the copy path moved both, each in its group
+    assert (result.path, result.moved) == (deadletters.COPY_AND_DELETE, 2)
+    received = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageSystemAttributeNames=["MessageGroupId"]
+    )["Messages"]
+    assert {(m["Body"], m["Attributes"]["MessageGroupId"]) for m in received} == {("a", "g-1"), ("b", "g-2")}
