@@ -25,6 +25,8 @@ from microbus.errors import (
     EndpointUnreachableError,
     FanInStateError,
     IgnoreMessage,
+    LambdaBatchFailedError,
+    LambdaEventError,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
@@ -41,6 +43,7 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -104,6 +107,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: AWS Lambda
+    "make_lambda_handler",
+    "LambdaHandler",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -125,6 +131,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "LambdaEventError",
+    "LambdaBatchFailedError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",
