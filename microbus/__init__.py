@@ -1,5 +1,6 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
+from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon
 from microbus.consume.dispatch import (
@@ -97,6 +98,9 @@ __all__ = [
     "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",
     "callback",
