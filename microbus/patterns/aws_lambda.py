@@ -15,6 +15,7 @@ import base64
 import binascii
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,6 +41,8 @@ LambdaResponse = dict[str, list[dict[str, str]]]
 
 _graphs: dict[GraphFactory, ObjectGraph] = {}
 _graphs_lock = threading.Lock()
+_QUEUE_RETRY_S = 30
+"""After the settings of a queue could not be read, records of that queue wait this long before another try."""
 _loop: asyncio.AbstractEventLoop | None = None
 """The container's event loop for ``async def`` handlers: kept between invocations, as their clients may be."""
 
@@ -89,6 +92,8 @@ class _Queue:
     consumer: SQSConsumer | None
     info: QueueInfo | None = None
     dead_letters: SQSTransport | None = None
+    retry_at: float = 0.0
+    """When the settings could not be read: when to try again."""
 
 
 @dataclass
@@ -304,26 +309,28 @@ class LambdaHandler:
         return True
 
     def _queue(self, queue_arn: str) -> _Queue:
-        """The queue of ``queue_arn``, read once per container (again on the next call when it failed)."""
+        """The queue of ``queue_arn``, read once per container (when that failed, again after a while)."""
         queue = self._queues.get(queue_arn)
-        if queue is not None and queue.info is not None:
+        if queue is not None and (queue.info is not None or time.monotonic() < queue.retry_at):
             return queue
         graph = self.graph
-        queue = _Queue(consumer=None)
+        queue = _Queue(consumer=None, retry_at=time.monotonic() + _QUEUE_RETRY_S)
         try:
             url = SQSTransport(client=graph.sqs_client, queue_url=queue_arn).queue_url_of_arn(queue_arn)
             queue.consumer = SQSConsumer(
                 transport=SQSTransport(client=graph.sqs_client, queue_url=url),
                 schema_registry=graph.pubsub_message_schema_registry,
             )
-            queue.info = queue.consumer.queue_info()
+            info = queue.consumer.queue_info()
             queue.dead_letters = queue.consumer.dead_letter_transport()
+            queue.info = info  # last: known settings mean a known DLQ (or none)
         except TransportError as exc:
             logger.warning(
                 "Could not read the settings of %s (%s): messages to dead-letter are kept, attempts are "
-                "counted with the default limit",
+                "counted with the default limit; trying again in %ds",
                 log_repr(queue_arn),
                 exc,
+                _QUEUE_RETRY_S,
             )
         self._queues[queue_arn] = queue
         return queue

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 
 import pytest
+from click.testing import CliRunner
 
-from microbus import ConfigurationError, EventKind, LifecycleEvent, Outcome
+from microbus import ConfigurationError, ConsumerDaemon, EventKind, LifecycleEvent, Outcome
 from microbus.consume.breaker import (
     CircuitBreaker,
     CircuitBreakerSettings,
     CircuitState,
     circuit_breaker_from_config,
 )
+from microbus.consume.daemon import daemon_command
 from microbus.consume.lifecycle import Tracked
 from microbus.consume.message import SQSMessage
 from microbus.consume.scheduling import Scheduler
@@ -157,3 +159,19 @@ def test_a_paused_scheduler_starts_nothing_and_gives_back_what_waits():
     # When it resumes, it takes messages again
     scheduler.resume()
     assert scheduler.add([extra]) == ([extra], [])
+
+
+class NamedDaemon(ConsumerDaemon):
+    name = "named-daemon"
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], None), (["--circuit-breaker"], True)])
+def test_the_daemon_command_passes_the_circuit_breaker_option(monkeypatch, args, expected):
+    # Given a daemon command whose run is recorded
+    runs = []
+    monkeypatch.setattr(NamedDaemon, "run", lambda self, **options: runs.append(options))
+    # When it is run with or without --circuit-breaker
+    result = CliRunner().invoke(daemon_command(NamedDaemon), args)
+    # Then the option reaches the daemon (None: the configuration decides)
+    assert result.exit_code == 0, result.output
+    assert runs[0]["circuit_breaker"] in ((None, False) if expected is None else (True,))
