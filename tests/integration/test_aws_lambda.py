@@ -164,6 +164,10 @@ def test_only_the_failed_messages_are_reported_and_poison_goes_to_the_dlq(microb
     raws = receive(queue, 4)
     by_key = {json.loads(r["Body"])["key"] if r["Body"] != "not json" else "poison": r["MessageId"] for r in raws}
     handler = make_lambda_handler(graph_factory(queue))
+    changes = []
+    handler.graph.sqs_client.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **kw: changes.extend(params["Entries"])
+    )
     # When Lambda invokes the handler
     response = handler(event_of(queue, raws), LambdaContext())
     # Then only the failed message is reported, and every handler ran once
@@ -173,8 +177,11 @@ def test_only_the_failed_messages_are_reported_and_poison_goes_to_the_dlq(microb
     dead = queue.drain_dlq()
     assert [m["Body"] for m in dead] == ["not json"]
     assert dead[0]["MessageAttributes"]["microbus.reason"]["StringValue"] == "malformed-body"
-    # And the failed one got the backoff (not visible at once), as in the daemon
-    assert visible(queue) == 0
+    # And the failed one got the backoff (1..60 s with full jitter here), as in the daemon
+    failed = next(r for r in raws if r["MessageId"] == by_key["b"])
+    assert [(c["ReceiptHandle"], 1 <= c["VisibilityTimeout"] <= 60) for c in changes] == [
+        (failed["ReceiptHandle"], True)
+    ]
 
 
 def test_a_message_past_its_attempts_is_dead_lettered_and_not_reported(make_queue):
