@@ -10,6 +10,7 @@ message (the trial). The trial's success closes it (receiving resumes); its fail
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -62,8 +63,8 @@ class CircuitBreakerSettings:
             raise ConfigurationError(f"circuit_breaker.threshold must be in (0, 1], not {self.threshold!r}")
         if self.window < 1:
             raise ConfigurationError(f"circuit_breaker.window must be at least 1, not {self.window!r}")
-        if self.cooldown_s < 1:
-            raise ConfigurationError(f"circuit_breaker.cooldown_s must be at least 1 second, not {self.cooldown_s!r}")
+        if not 1 <= self.cooldown_s < math.inf:
+            raise ConfigurationError(f"circuit_breaker.cooldown_s must be 1 second or more, not {self.cooldown_s!r}")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CircuitBreakerSettings:
@@ -253,6 +254,11 @@ def circuit_breaker_from_config(
     Raises:
         ConfigurationError: a setting is not a number, or out of range.
     """
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigurationError(
+            f"worker.circuit_breaker must be a section (enabled, threshold, window, cooldown_s), not {config!r}: "
+            "set worker.circuit_breaker.enabled, or pass --circuit-breaker"
+        )
     section = config or {}
     if not (enabled or truthy(section.get("enabled", False))):
         return None

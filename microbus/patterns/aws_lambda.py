@@ -208,8 +208,8 @@ class LambdaHandler:
         before_ms = _remaining_ms(context)
         if not self._time_for(message, before_ms):
             logger.warning(
-                "Not enough time left to start message %r: it and the %d after it return to the queue",
-                message.message_id,
+                "Not enough time left to start message %s: it and the %d after it return to the queue",
+                log_repr(message.message_id),
                 left,
             )
             invocation.fail(record, 0)
@@ -218,7 +218,9 @@ class LambdaHandler:
         try:
             result = self._run(dispatcher, message, queue)
         except FatalError as exc:
-            logger.error("%s: message %r and the rest of the batch return to the queue", exc, message.message_id)
+            logger.error(
+                "%s: message %s and the rest of the batch return to the queue", exc, log_repr(message.message_id)
+            )
             invocation.fail(record, 0)
             return _Verdict.FATAL
         after_ms, elapsed_s = _remaining_ms(context), result.elapsed_s
@@ -255,7 +257,7 @@ class LambdaHandler:
         except FatalError:
             raise
         except Exception as exc:  # the dispatcher never raises for handlers: a bug, the message is retried
-            logger.exception("Unexpected error handling message %r; it will be retried", message.message_id)
+            logger.exception("Unexpected error handling message %s; it will be retried", log_repr(message.message_id))
             return Result(
                 Outcome.FAILED,
                 message.media_type,
@@ -299,11 +301,13 @@ class LambdaHandler:
         try:
             failure = dead_letters.send_entries([copy]).get(copy.key)
         except TransportError as exc:
-            logger.warning("Could not dead-letter message %r (%s); it will reappear", message.message_id, exc)
+            logger.warning("Could not dead-letter message %s (%s); it will reappear", log_repr(message.message_id), exc)
             return False
         if failure is not None:
             logger.warning(
-                "Could not dead-letter message %r (%s); it will reappear", message.message_id, log_repr(failure.code)
+                "Could not dead-letter message %s (%s); it will reappear",
+                log_repr(message.message_id),
+                log_repr(failure.code),
             )
             return False
         return True

@@ -128,7 +128,9 @@ def test_an_empty_or_inconclusive_trial_lets_the_next_receive_try(breaker, clock
         ({"threshold": 0}, "threshold must be in"),
         ({"threshold": 1.5}, "threshold must be in"),
         ({"window": 0}, "window must be at least 1"),
-        ({"cooldown_s": 0.5}, "cooldown_s must be at least 1 second"),
+        ({"cooldown_s": 0.5}, "cooldown_s must be 1 second or more"),
+        ({"cooldown_s": "inf"}, "cooldown_s must be 1 second or more"),
+        ({"threshold": "nan"}, "threshold must be in"),
         ({"window": "many"}, "needs numbers"),
         ({"cooldown_s": None}, "needs numbers"),
     ],
@@ -136,6 +138,12 @@ def test_an_empty_or_inconclusive_trial_lets_the_next_receive_try(breaker, clock
 def test_bad_settings_fail_with_one_sentence(config, match):
     with pytest.raises(ConfigurationError, match=match):
         circuit_breaker_from_config({"enabled": True, **config})
+
+
+def test_a_value_instead_of_a_section_fails_with_one_sentence():
+    # e.g. ORDERS__WORKER__CIRCUIT_BREAKER=true instead of ORDERS__WORKER__CIRCUIT_BREAKER__ENABLED=true
+    with pytest.raises(ConfigurationError, match="must be a section .* set worker.circuit_breaker.enabled"):
+        circuit_breaker_from_config("true")
 
 
 def test_it_is_off_unless_asked_for():
