@@ -33,8 +33,13 @@ from microbus.errors import (
     MicrobusError,
     Nack,
     PatternError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadUnavailableError,
     PublishError,
     QueueNotFoundError,
+    RemoteHandlerError,
+    RequestTimeoutError,
     ResponseNotSerializableError,
     ResponseTooLargeError,
     SkipMessage,
@@ -54,8 +59,10 @@ from microbus.patterns.idempotency import (
 )
 from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
+from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 
@@ -69,6 +76,8 @@ __all__ = [
     "AWSSettings",
     "SNSTransport",
     "SQSTransport",
+    "S3PayloadStore",
+    "PayloadPointer",
     # producer and consumer
     "SNSProducer",
     "TopicArns",
@@ -114,6 +123,9 @@ __all__ = [
     # patterns: AWS Lambda
     "make_lambda_handler",
     "LambdaHandler",
+    # patterns: request/reply
+    "Requester",
+    "Replier",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -137,6 +149,11 @@ __all__ = [
     "FanInStateError",
     "LambdaEventError",
     "LambdaBatchFailedError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadUnavailableError",
+    "RequestTimeoutError",
+    "RemoteHandlerError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from marshmallow import fields
@@ -309,3 +310,23 @@ def test_a_fatal_error_returns_the_rest_of_the_batch_unstarted(microbus_queue):
     assert failures(response) == [r["MessageId"] for r in raws[1:]]
     assert CALLS == ["a", "b"]
     assert wait_for(lambda: visible(queue) == 2, what="both visible again")
+
+
+def test_a_message_not_yet_due_is_hidden_until_due_and_its_handler_not_run(microbus_queue):
+    # Given a message produced for an hour from now (through SNS: the consumer holds it back)
+    queue = microbus_queue
+    handler = make_lambda_handler(graph_factory(queue))
+    producer = create_object_graph("lambda-producer", testing=True, loader=load_from_dict(queue.graph_config()))
+    producer.sns_producer.produce(Job.MEDIA_TYPE, dict(action="ok", key="later"), delay=timedelta(hours=1))
+    raws = receive(queue, 1)
+    changes = []
+    handler.graph.sqs_client.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibilityBatch", lambda params, **kw: changes.extend(params["Entries"])
+    )
+    # When Lambda invokes the handler
+    response = handler(event_of(queue, raws), LambdaContext())
+    # Then the handler did not run; the message is reported (kept) and hidden until it is due
+    assert CALLS == []
+    assert failures(response) == [raws[0]["MessageId"]]
+    assert [c["ReceiptHandle"] for c in changes] == [raws[0]["ReceiptHandle"]]
+    assert 3590 <= changes[0]["VisibilityTimeout"] <= 3600
