@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.dispatch import Action, Outcome, Result
@@ -40,7 +40,7 @@ GraphFactory = Callable[[], "ObjectGraph"]
 LambdaResponse = dict[str, list[dict[str, str]]]
 
 _graphs: dict[GraphFactory, ObjectGraph] = {}
-_graphs_lock = threading.Lock()
+_graphs_lock = threading.RLock()
 _QUEUE_RETRY_S = 30
 """After the settings of a queue could not be read, records of that queue wait this long before another try."""
 _loop: asyncio.AbstractEventLoop | None = None
@@ -108,7 +108,7 @@ class _Invocation:
         """Report ``record`` as failed; when ``visibility_s`` is given, make it visible again after that."""
         self.failed.append(record["messageId"])
         handle, arn = record.get("receiptHandle"), record.get("eventSourceARN")
-        if visibility_s is not None and isinstance(handle, str) and handle and isinstance(arn, str):
+        if visibility_s is not None and isinstance(handle, str) and handle and _is_queue_arn(arn):
             self.visibility.setdefault(arn, []).append((handle, visibility_s))
 
 
@@ -413,6 +413,12 @@ def _remaining_ms(context: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _is_queue_arn(value: Any) -> TypeGuard[str]:
+    """``arn:PARTITION:sqs:REGION:ACCOUNT:NAME``."""
+    parts = value.split(":") if isinstance(value, str) else []
+    return len(parts) == 6 and parts[0] == "arn" and parts[2] == "sqs" and all(parts[3:])
+
+
 def _is_fifo(record: dict[str, Any]) -> bool:
     arn = record.get("eventSourceARN")
     return isinstance(arn, str) and arn.endswith(".fifo")
@@ -436,7 +442,7 @@ def _read(record: dict[str, Any], schema_registry: SchemaRegistry) -> SQSMessage
             raise _MalformedRecordError(f"{name} is not a string")
     if record.get("eventSource", "aws:sqs") != "aws:sqs":
         raise _MalformedRecordError(f"eventSource is {log_repr(record.get('eventSource'))}, not aws:sqs")
-    if not record["eventSourceARN"].startswith("arn:") or record["eventSourceARN"].count(":") < 5:
+    if not _is_queue_arn(record["eventSourceARN"]):
         raise _MalformedRecordError(f"eventSourceARN {log_repr(record['eventSourceARN'])} is not a queue ARN")
     attributes = record.get("attributes")
     if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):

@@ -255,17 +255,38 @@ def test_a_fifo_batch_stops_a_group_at_its_first_failure(microbus_queue):
 def test_malformed_records_are_reported_and_the_rest_is_handled(microbus_queue):
     # Given a batch where some records are not what Lambda sends
     queue = microbus_queue
-    send(queue, [body("ok", "a"), body("ok", "b"), body("ok", "c"), body("ok", "d")])
-    event = event_of(queue, receive(queue, 4))
+    send(queue, [body("ok", k) for k in "abcdef"])
+    event = event_of(queue, receive(queue, 6))
     records = event["Records"]
     records[0]["attributes"]["ApproximateReceiveCount"] = "many"
     records[1]["messageAttributes"] = {"x": {"dataType": "Binary", "binaryValue": "%%% not base64"}}
     records[2]["body"] = None
+    records[3]["eventSourceARN"] = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+    records[4]["eventSource"] = "aws:kinesis"
     # When Lambda invokes the handler
     response = make_lambda_handler(graph_factory(queue))(event, LambdaContext())
     # Then each malformed record is reported as failed (it stays in the queue), and the good one is handled
-    assert failures(response) == [r["messageId"] for r in records[:3]]
+    assert failures(response) == [r["messageId"] for r in records[:5]]
     assert len(CALLS) == 1
+
+
+def test_a_fifo_batch_with_a_garbled_source_arn_is_stopped_not_crashed(microbus_queue):
+    # Given a FIFO batch whose second record lost its group and whose third has an ARN that is no queue's
+    queue = microbus_queue
+    url = queue.sqs.create_queue(QueueName=f"t-{uuid.uuid4().hex[:12]}.fifo", Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    send(queue, [body("ok", "a1"), body("ok", "a2"), body("ok", "a3")], url=url, groups=["A", "A", "A"])
+    event = event_of(queue, receive(queue, 3, url=url), url)
+    records = event["Records"]
+    del records[1]["attributes"]["MessageGroupId"]
+    records[1]["body"] = 42
+    records[2]["eventSourceARN"] = "x.fifo"
+    # When Lambda invokes the handler
+    response = make_lambda_handler(graph_factory(queue))(event, LambdaContext())
+    # Then the first is handled; the malformed one without a group stops the batch, in order
+    assert CALLS == ["a1"]
+    assert failures(response) == [r["messageId"] for r in records[1:]]
 
 
 def test_the_graph_is_built_once_per_container(microbus_queue):
