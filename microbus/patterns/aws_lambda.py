@@ -202,7 +202,7 @@ class LambdaHandler:
         try:
             message = _read(record, self.graph.pubsub_message_schema_registry)
         except _MalformedRecordError as exc:
-            logger.warning("Record %r cannot be read (%s): reported as failed", log_repr(record["messageId"]), exc)
+            logger.warning("Record %s cannot be read (%s): reported as failed", log_repr(record["messageId"]), exc)
             invocation.fail(record, None)
             return _Verdict.FAILED
         before_ms = _remaining_ms(context)
