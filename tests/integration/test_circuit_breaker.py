@@ -69,7 +69,8 @@ def visible(queue):
     return int(attributes["ApproximateNumberOfMessages"])
 
 
-def test_failures_open_the_circuit_and_a_trial_message_closes_it(make_queue, tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_failures_open_the_circuit_and_a_trial_message_closes_it(make_queue, tmp_path, concurrency):
     # Given a handler that fails while a flag file exists, and 10 messages on the queue
     queue = make_queue(max_receive_count=50)
     flag = tmp_path / "downstream-down"
@@ -103,7 +104,7 @@ def test_failures_open_the_circuit_and_a_trial_message_closes_it(make_queue, tmp
             handler_registry=HandlerRegistry({Call.MEDIA_TYPE: call_downstream}),
             retry_policy=RetryPolicy(base_s=1, max_s=1, jitter=False),
         ),
-        concurrency=1,
+        concurrency=concurrency,
         observers=[events],
         circuit_breaker=breaker,
     )
