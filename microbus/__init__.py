@@ -57,11 +57,12 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
