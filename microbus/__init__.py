@@ -1,7 +1,7 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.daemon import ConsumerDaemon
+from microbus.consume.daemon import ConsumerDaemon, register_operations
 from microbus.consume.dispatch import (
     Action,
     Middleware,
@@ -41,6 +41,7 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.ops.daemon import DaemonOperations
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -54,6 +55,8 @@ from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
+
+register_operations(DaemonOperations)  # the composition root: the core never imports the operations layer
 
 __all__ = [
     # codec

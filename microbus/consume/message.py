@@ -7,8 +7,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from microbus.errors import DecodeError, MissingMediaTypeError
-from microbus.wire.codecs import MESSAGE_ID_KEY
-from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.codecs import CID_KEY, MESSAGE_ID_KEY
+from microbus.wire.envelope import unwrap
 
 if TYPE_CHECKING:
     from microbus.wire.schemas import SchemaRegistry
@@ -44,6 +44,10 @@ class SQSMessage:
     sns_message_id: str | None = None
     message_group_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
+    sent_at: float | None = None
+    """When it was published, as epoch seconds: the SNS envelope's ``Timestamp``, else SQS's ``SentTimestamp``."""
+    envelope_attributes: dict[str, str] = field(default_factory=dict)
+    """The SNS envelope's string message attributes (enveloped delivery), name → value."""
 
     def __repr__(self) -> str:
         """Ids and sizes only: never the body, the content, the attributes' values or the receipt handle."""
@@ -60,6 +64,19 @@ class SQSMessage:
         if self.content is None:
             return {}
         return dict(self.content.get("opaque_data") or {})
+
+    @property
+    def cid(self) -> str | None:
+        """The correlation id the message carries (``x-microbus-cid`` in its opaque data), if any."""
+        cid = self.opaque_data.get(CID_KEY)
+        return cid if isinstance(cid, str) and cid else None
+
+    def attribute(self, name: str) -> str | None:
+        """A string message attribute: the SQS one (raw delivery), else the SNS envelope's."""
+        value = self.message_attributes.get(name)
+        if isinstance(value, dict) and isinstance(value.get("StringValue"), str):
+            return str(value["StringValue"])
+        return self.envelope_attributes.get(name)
 
     @property
     def idempotency_key(self) -> str:
@@ -109,9 +126,17 @@ def decode_raw_message(
         approximate_receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
         message_attributes=raw.get("MessageAttributes", {}),
         message_group_id=attributes.get("MessageGroupId"),
+        sent_at=_epoch_ms(attributes.get("SentTimestamp")),
     )
     try:
-        obj, message.topic_arn, message.sns_message_id = unwrap_envelope(message.body)
+        unwrapped = unwrap(message.body)
+        obj, message.topic_arn, message.sns_message_id = (
+            unwrapped.message,
+            unwrapped.topic_arn,
+            unwrapped.sns_message_id,
+        )
+        message.envelope_attributes = unwrapped.attributes
+        message.sent_at = unwrapped.published_at or message.sent_at
         media_type = obj.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             raise MissingMediaTypeError("Message has no mediaType")
@@ -122,3 +147,10 @@ def decode_raw_message(
     except Exception as exc:  # whatever the content, one message never takes its batch down
         message.error = DecodeError(f"Message could not be decoded: {type(exc).__name__}: {exc}")
     return message
+
+
+def _epoch_ms(value: Any) -> float | None:
+    """SQS's epoch milliseconds (a string of digits) as epoch seconds; None when absent or malformed."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 16:
+        return None
+    return int(value) / 1000

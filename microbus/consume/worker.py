@@ -101,12 +101,21 @@ class Stats:
 
 
 class LogObserver:
-    """One line per finished message (at its outcome's level, never the body), and one per settle failure."""
+    """One line per finished message (at its outcome's level, never the body), and one per settle failure.
+
+    Parameters:
+        daemon: names the daemon in each line.
+        queue: names the queue in each line.
+    """
+
+    def __init__(self, *, daemon: str | None = None, queue: str | None = None) -> None:
+        self.daemon = daemon
+        self.queue = queue
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Log the transitions worth a line."""
         if event.kind is EventKind.FINISHED and event.result is not None:
-            log_result(event.result)
+            log_result(event.result, message=event.message, daemon=self.daemon, queue=self.queue)
         elif event.kind is EventKind.SETTLE_FAILED:
             logger.warning("Message %r not settled (%s); it will be redelivered", event.message_id, event.detail)
 
@@ -164,7 +173,12 @@ class Worker:
         self.settle_in_flight = settle_in_flight or max(4, 2 * self.receivers)
         self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
-        self.observers = Observers([self.stats, LogObserver(), *observers])
+        self.name = dispatcher.source
+        """The daemon's name (the dispatcher's source), in log lines and metrics."""
+        self.queue_name = queue_name(consumer.queue_url)
+        self.last_receive_at: float | None = None
+        """``time.monotonic()`` when a receive last completed (with or without messages); None before the first."""
+        self.observers = Observers([self.stats, LogObserver(daemon=self.name, queue=self.queue_name), *observers])
         self._stopping = threading.Event()
         self._stop_at = 0.0
         self._cond = threading.Condition()
@@ -363,6 +377,7 @@ class Worker:
         except BaseException:
             self._unreserve(reserved)
             raise
+        self.last_receive_at = time.monotonic()
         self._unreserve(reserved - len(messages))
         if self._idle != (not messages):
             with self._cond:
@@ -571,6 +586,11 @@ class Worker:
             self._held -= 1
             if self.capacity - self._held == self._wanted:  # a receive batch fits again
                 self._cond.notify_all()
+
+
+def queue_name(queue_url: str) -> str:
+    """A queue's name: the last path segment of its URL."""
+    return queue_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _runtime_error(message: SQSMessage, error: BaseException) -> Result:

@@ -42,6 +42,7 @@ from microcosm.api import defaults
 from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError, DecodeError, PublishError
 from microbus.produce.producer import OutgoingMessage, SNSProducer
+from microbus.wire.codecs import CID_KEY as CID_KEY  # re-exported: the patterns layer names it here
 from microbus.wire.codecs import PubSubMessageSchema
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.sanitize import log_text
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CID_KEY = "x-microbus-cid"
 SOURCE_KEY = "x-microbus-source"
 TARGET_KEY = "x-microbus-target"
 REQ_TS_KEY = "x-microbus-req-ts"

@@ -28,6 +28,7 @@ from microbus.errors import (
 )
 from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec, merge_content
 from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.tracecontext import producer_span, trace_attributes
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class SNSProducer:
                 _check_fifo_id(deduplication_id, "deduplication id", media_type)
         else:
             message_group_id = deduplication_id = None
-        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}}
+        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}, **trace_attributes()}
         size = message_size(message, attributes)
         if size > SNS_MAX_MESSAGE_BYTES:
             raise MessageTooLargeError(
@@ -248,10 +249,14 @@ class SNSProducer:
             ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             TransportError: SNS could not be reached, or refused, after retries.
         """
-        outgoing = self.create_message(
-            media_type, dct, message_group_id=message_group_id, deduplication_id=deduplication_id, **kwargs
-        )
-        return self.publish(outgoing)
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            outgoing = self.create_message(
+                media_type, dct, message_group_id=message_group_id, deduplication_id=deduplication_id, **kwargs
+            )
+            message_id = self.publish(outgoing)
+            if span is not None:
+                span.set_attribute("messaging.message.id", message_id)
+        return message_id
 
     def publish(self, outgoing: OutgoingMessage) -> str:
         """Publish an encoded message, retrying transient failures; return its message id.
@@ -301,12 +306,21 @@ class SNSProducer:
         if deduplication_ids is not None and len(deduplication_ids) != len(contents):
             raise ValueError(f"{len(deduplication_ids)} deduplication ids for {len(contents)} contents")
         dedup_ids = deduplication_ids or [None] * len(contents)
-        return self.publish_many(
-            [
-                self.create_message(media_type, content, message_group_id=message_group_id, deduplication_id=dedup_id)
-                for content, dedup_id in zip(contents, dedup_ids, strict=True)
-            ]
-        )
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            if span is not None:
+                span.set_attribute("messaging.batch.message_count", len(contents))
+            return self.publish_many(
+                [
+                    self.create_message(
+                        media_type, content, message_group_id=message_group_id, deduplication_id=dedup_id
+                    )
+                    for content, dedup_id in zip(contents, dedup_ids, strict=True)
+                ]
+            )
+
+    def _span_topic(self, media_type: str) -> str:
+        """The topic a media type goes to, for naming its span (empty when none: create_message raises then)."""
+        return self.topic_arns.mappings.get(media_type) or self.topic_arns.default or ""
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish encoded messages with PublishBatch, per topic, in order.

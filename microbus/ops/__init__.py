@@ -1,0 +1,6 @@
+"""Operations: log formats, the metrics and health endpoint, tracing; observers of the lifecycle events.
+
+The core never imports this layer; the package root registers :class:`microbus.ops.daemon.DaemonOperations`
+with the daemon command line. prometheus-client (``microbus[metrics]``) and OpenTelemetry (``microbus[otel]``)
+are imported only when used.
+"""
