@@ -177,7 +177,8 @@ class Worker:
         """The daemon's name (the dispatcher's source), in log lines and metrics."""
         self.queue_name = queue_name(consumer.queue_url)
         self.last_receive_at: float | None = None
-        """``time.monotonic()`` when a receive last completed (with or without messages); None before the first."""
+        """``time.monotonic()`` when a receive last completed (with or without messages), or the poller last found
+        the worker at capacity (alive, waiting for room); None before the first. ``/health`` bounds its age."""
         self.observers = Observers([self.stats, LogObserver(daemon=self.name, queue=self.queue_name), *observers])
         self._stopping = threading.Event()
         self._stop_at = 0.0
@@ -370,6 +371,8 @@ class Worker:
             return
         reserved = self._reserve(self._wanted)
         if not reserved:
+            if not self.stopping:  # at capacity: the poller is alive, waiting for room
+                self.last_receive_at = time.monotonic()
             return
         started = time.monotonic()
         try:

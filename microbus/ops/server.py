@@ -70,10 +70,12 @@ class Health:
         if worker.stopping:
             return ["stopping"]
         problems = [f"activity {name} is down" for name in sorted(worker.activities_down)]
-        since = worker.last_receive_at if worker.last_receive_at is not None else self.created_at
-        if now - since > self.receive_bound_s:
-            what = "no receive completed" if worker.last_receive_at is None else "no receive completed for"
-            problems.append(f"{what} {now - since:.0f}s (bound {self.receive_bound_s:g}s)")
+        bound = f"(bound {self.receive_bound_s:g}s)"
+        last = worker.last_receive_at
+        if last is None and now - self.created_at > self.receive_bound_s:
+            problems.append(f"no receive completed in the {now - self.created_at:.0f}s since the start {bound}")
+        elif last is not None and now - last > self.receive_bound_s:
+            problems.append(f"no receive completed for {now - last:.0f}s {bound}")
         return problems
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
