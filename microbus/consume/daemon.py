@@ -208,6 +208,7 @@ class ConsumerDaemon:
         grace_period_s: float = 30.0,
         heartbeat_fraction: float = 0.5,
         prefetch: int | None = None,
+        log_bodies: bool = False,
     ) -> Worker:
         """Check the queue (:meth:`check_queue`) and build the worker that runs it.
 
@@ -247,6 +248,7 @@ class ConsumerDaemon:
             prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
             grace_period_s=grace_period_s,
             heartbeat_fraction=heartbeat_fraction,
+            log_bodies=log_bodies,
         )
 
     def _handler_timeout_s(self) -> float | None:
@@ -282,12 +284,14 @@ class ConsumerDaemon:
         prefetch: int | None = None,
         stats_interval_s: float = DEFAULT_STATS_INTERVAL_S,
         operations: Operations | None = None,
+        log_bodies: bool = False,
     ) -> None:
         """Run this daemon and its :attr:`companions` until SIGTERM/SIGINT, then shut them all down gracefully.
 
         Each queue gets its own worker; one signal stops them all, and each gets the same grace period. Every
         ``stats_interval_s`` (0: never) each worker's counters are logged in one line; ``operations`` observes
-        the workers and serves their metrics and health while they run.
+        the workers and serves their metrics and health while they run. ``log_bodies`` adds each message's
+        body (bounded) to its outcome line.
         """
         companions = [
             cls(debug=self.debug, testing=self.testing, **self._companion_overrides()) for cls in self.companions
@@ -296,6 +300,7 @@ class ConsumerDaemon:
             "concurrency": concurrency,
             "grace_period_s": grace_period_s,
             "heartbeat_fraction": heartbeat_fraction,
+            "log_bodies": log_bodies,
         }
         workers = [self.create_worker(prefetch=prefetch, **options)]
         for companion in companions:
@@ -399,6 +404,9 @@ def daemon_options(function: Any) -> Any:
             help="Log lines for people, or one JSON object per line.",
         ),
         click.option(
+            "--log-bodies", is_flag=True, help="Add each message's body (bounded) to its outcome line: may hold data."
+        ),
+        click.option(
             "--stats-interval",
             type=click.FloatRange(0.0),
             default=DEFAULT_STATS_INTERVAL_S,
@@ -455,6 +463,7 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
             prefetch=options["prefetch"],
             stats_interval_s=options["stats_interval"],
             operations=operations,
+            log_bodies=options["log_bodies"],
         )
     except MicrobusError as exc:
         click.echo(f"{cls.name}: {exc}", err=True)

@@ -415,7 +415,9 @@ class SQSMessageDispatcher:
         log_result(result)
 
 
-_RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s%s"
+_RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s%s%s"
+_BODY_LIMIT = 2000
+"""Characters of a body in an outcome line, when bodies are logged at all."""
 _ERROR_LIMIT = 300
 """Characters of an error's text in the outcome line (it may embed wire values, each already bounded)."""
 _ID_LIMIT = 100
@@ -426,7 +428,12 @@ RECORD_FIELDS = "microbus"
 
 
 def log_result(
-    result: Result, *, message: SQSMessage | None = None, daemon: str | None = None, queue: str | None = None
+    result: Result,
+    *,
+    message: SQSMessage | None = None,
+    daemon: str | None = None,
+    queue: str | None = None,
+    with_body: bool = False,
 ) -> None:
     """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled.
 
@@ -434,7 +441,8 @@ def log_result(
     the attempt (receive count), the outcome and the handler's elapsed time; the record carries the same as a
     dict in its ``microbus`` attribute (:data:`RECORD_FIELDS`). A handler's exception comes with its traceback
     on the first attempt (at the outcome's level, WARNING), and on later attempts only when DEBUG is enabled.
-    Values from the wire (media type, SNS id, cid, reason, error text) are bounded (:func:`log_text`).
+    Values from the wire (media type, SNS id, cid, reason, error text) are bounded (:func:`log_text`). The
+    body is left out unless ``with_body`` (then it is bounded to :data:`_BODY_LIMIT` characters).
     """
     level = result.outcome.level
     if not logger.isEnabledFor(level):
@@ -451,6 +459,7 @@ def log_result(
         "elapsed_s": round(result.elapsed_s, 6),
         "reason": log_text(result.reason) if result.reason else None,
         "error": f"{type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else None,
+        "body": log_text(message.body, _BODY_LIMIT) if with_body and message is not None else None,
     }
     where = "".join(f" {key}={fields[key]}" for key in ("daemon", "queue") if fields[key])
     ids = "".join(f" {key}={fields[key]!r}" for key in ("sns_message_id", "cid") if fields[key])
@@ -463,6 +472,7 @@ def log_result(
         where + ids,
         f" reason={fields['reason']}" if fields["reason"] else "",
         f" error={fields['error']}" if fields["error"] else "",
+        f" body={fields['body']}" if fields["body"] is not None else "",
     )
     # makeRecord + handle: the same record and handlers as logger.log, without walking the stack for the caller
     record = logger.makeRecord(

@@ -106,16 +106,20 @@ class LogObserver:
     Parameters:
         daemon: names the daemon in each line.
         queue: names the queue in each line.
+        log_bodies: add the message's body, bounded (off by default: bodies may hold personal data).
     """
 
-    def __init__(self, *, daemon: str | None = None, queue: str | None = None) -> None:
+    def __init__(self, *, daemon: str | None = None, queue: str | None = None, log_bodies: bool = False) -> None:
         self.daemon = daemon
         self.queue = queue
+        self.log_bodies = log_bodies
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Log the transitions worth a line."""
         if event.kind is EventKind.FINISHED and event.result is not None:
-            log_result(event.result, message=event.message, daemon=self.daemon, queue=self.queue)
+            log_result(
+                event.result, message=event.message, daemon=self.daemon, queue=self.queue, with_body=self.log_bodies
+            )
         elif event.kind is EventKind.SETTLE_FAILED:
             logger.warning("Message %r not settled (%s); it will be redelivered", event.message_id, event.detail)
 
@@ -139,6 +143,7 @@ class Worker:
         max_hold_s: the longest a message is held under the heartbeat (SQS's limit is 12 h).
         settle_in_flight: settle batch calls in flight at once (default: two per receiver, at least 4).
         observers: receive every lifecycle event (besides the worker's own stats and log lines).
+        log_bodies: add each message's body (bounded) to its outcome line; off by default.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class Worker:
         max_hold_s: float = SQS_MAX_HOLD_S,
         settle_in_flight: int | None = None,
         observers: Iterable[LifecycleObserver] = (),
+        log_bodies: bool = False,
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
@@ -179,7 +185,9 @@ class Worker:
         self.last_receive_at: float | None = None
         """``time.monotonic()`` when a receive last completed (with or without messages), or the poller last found
         the worker at capacity (alive, waiting for room); None before the first. ``/health`` bounds its age."""
-        self.observers = Observers([self.stats, LogObserver(daemon=self.name, queue=self.queue_name), *observers])
+        self.observers = Observers(
+            [self.stats, LogObserver(daemon=self.name, queue=self.queue_name, log_bodies=log_bodies), *observers]
+        )
         self._stopping = threading.Event()
         self._stop_at = 0.0
         self._cond = threading.Condition()

@@ -230,18 +230,18 @@ def test_with_json_log_format_every_line_is_one_json_object_with_the_message_fie
     assert stats[-1]["received"] == 3 and stats[-1]["handled"] == 1
 
 
-def test_the_human_format_has_the_same_fields_and_a_periodic_stats_line(microbus_queue, run_daemon):
-    # Given a daemon with the default (human) format and a 0.5 s stats interval
-    daemon = run_daemon("--stats-interval", "0.5")
+def test_the_human_format_has_the_same_fields_a_periodic_stats_line_and_bodies_when_asked(microbus_queue, run_daemon):
+    # Given a daemon with the default (human) format, a 0.5 s stats interval, and bodies asked for
+    daemon = run_daemon("--stats-interval", "0.5", "--log-bodies")
     sns_id = producer(microbus_queue).produce(WORK_MT, n=1, opaque_data={"x-microbus-cid": "cid-9"})
     line = daemon.wait_for_line(r"SUCCEEDED .*").group(0)
-    first = daemon.wait_for_line(r"observe-test stats queue=\S+ received=1 handled=1").group(0)
-    time.sleep(0.6)
+    daemon.wait_for_line(r"observe-test stats queue=\S+ received=1 handled=1 failed=0 dead_lettered=0")
+    wait_for(lambda: sum("observe-test stats" in each for each in daemon.lines) >= 2, timeout_s=5, what="a second")
     assert daemon.stop() == 0
     # Then the outcome line names daemon, queue, ids, cid, attempt and elapsed time, and stats lines repeat
     assert f"sns_message_id={sns_id!r}" in line and "cid='cid-9'" in line and "daemon=observe-test" in line
     assert re.search(r"receive_count=1 elapsed=\d+\.\d{3}s", line)
-    assert sum("observe-test stats" in each for each in daemon.lines) >= 2, first
+    assert '"Type": "Notification"' in line.split(" body={", 1)[1] and '\\"n\\":1' in line
 
 
 @pytest.mark.timeout(90)

@@ -218,3 +218,18 @@ def test_a_worker_at_capacity_stays_healthy_while_its_handlers_run_longer_than_t
         go.set()
         worker.stop()
         worker.join()
+
+
+def test_a_metrics_port_in_use_is_one_sentence():
+    from microbus import ConfigurationError
+
+    taken = DaemonOperations(metrics_port=0)
+    taken.attach([])
+    try:
+        port = taken.server.address[1]
+        with pytest.raises(
+            ConfigurationError, match=f"Cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+        ):
+            DaemonOperations(metrics_port=port).attach([])
+    finally:
+        taken.close()
