@@ -71,10 +71,11 @@ def register_operations(factory: OperationsFactory) -> None:
 def stats_line(worker: Worker) -> str:
     """A worker's counters, and what it holds, for the periodic stats line."""
     stats = worker.stats
+    down = ",".join(sorted(worker.activities_down)) or "-"
     return (
         f"{worker.name} stats queue={worker.queue_name} received={stats.received} handled={stats.handled} "
         f"failed={stats.failed} dead_lettered={stats.dead_lettered} released={stats.released} "
-        f"settle_failed={stats.settle_failed} held={worker.held} down={','.join(sorted(worker.activities_down)) or '-'}"
+        f"settle_failed={stats.settle_failed} in_flight={stats.in_flight} down={down}"
     )
 
 
@@ -91,7 +92,7 @@ def log_stats(worker: Worker) -> None:
             "dead_lettered": stats.dead_lettered,
             "released": stats.released,
             "settle_failed": stats.settle_failed,
-            "held": worker.held,
+            "in_flight": stats.in_flight,
             "outcomes": dict(stats.outcomes),
             "activities_down": sorted(worker.activities_down),
         },

@@ -85,6 +85,11 @@ class Stats:
                 self.settle_failed += 1
 
     @property
+    def in_flight(self) -> int:
+        """Messages received and not yet settled (waiting, running or settling)."""
+        return self.received - self.settled - self.released - self.settle_failed
+
+    @property
     def handled(self) -> int:
         """Messages whose handler returned (succeeded, skipped or ignored)."""
         return sum(self.outcomes[o.label] for o in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.IGNORED))

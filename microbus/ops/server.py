@@ -61,7 +61,7 @@ class Health:
                     "healthy": not own,
                     "activities_down": sorted(worker.activities_down),
                     "last_receive_s_ago": None if last is None else round(now - last, 3),
-                    "held": worker.held,
+                    "in_flight": worker.stats.in_flight,
                 }
             )
         return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems, "workers": workers}

@@ -69,7 +69,14 @@ def test_configure_logging_refuses_an_unknown_format_and_quiets_botocore():
 
 
 def fake_worker(**overrides):
-    values = dict(name="d", queue_name="q", stopping=False, activities_down=set(), last_receive_at=100.0, held=0)
+    values = dict(
+        name="d",
+        queue_name="q",
+        stopping=False,
+        activities_down=set(),
+        last_receive_at=100.0,
+        stats=SimpleNamespace(in_flight=0),
+    )
     return SimpleNamespace(**(values | overrides))
 
 
