@@ -346,7 +346,7 @@ class ConsumerDaemon:
                 next_stats = time.monotonic() + stats_interval_s
                 for worker in workers:
                     log_stats(worker)
-            time.sleep(min(0.2, stats_interval_s) if stats_interval_s > 0 else 0.2)
+            time.sleep(min(0.2, max(0.05, stats_interval_s)) if stats_interval_s > 0 else 0.2)
         for daemon, worker in zip(daemons, workers, strict=True):
             worker.join()
             logger.info("%s stopped: %s", daemon.name, worker.stats.outcomes)

@@ -40,7 +40,7 @@ class JsonFormatter(logging.Formatter):
             line["traceback"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=_text, ensure_ascii=False)
+        return json.dumps(line, default=_text)  # ASCII: no U+2028 or other line separator in a line
 
 
 def _text(value: object) -> str:
