@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from microbus.errors import DecodeError, MissingMediaTypeError
+from microbus.errors import DecodeError, MissingMediaTypeError, PayloadError
 from microbus.wire.codecs import CID_KEY, MESSAGE_ID_KEY
 from microbus.wire.envelope import unwrap
+from microbus.wire.payloads import PayloadPointer, is_offloaded
 
 if TYPE_CHECKING:
+    from microbus.wire.payloads import S3PayloadStore
     from microbus.wire.schemas import SchemaRegistry
 
 
@@ -48,6 +51,8 @@ class SQSMessage:
     """When it was published, as epoch seconds: the SNS envelope's ``Timestamp``, else SQS's ``SentTimestamp``."""
     envelope_attributes: dict[str, str] = field(default_factory=dict)
     """The SNS envelope's string message attributes (enveloped delivery), name → value."""
+    payload_pointer: PayloadPointer | None = None
+    """Where the body was fetched from, when it was offloaded to S3 (``body`` is then the pointer)."""
 
     def __repr__(self) -> str:
         """Ids and sizes only: never the body, the content, the attributes' values or the receipt handle."""
@@ -114,9 +119,17 @@ class SQSMessage:
 
 
 def decode_raw_message(
-    raw: dict[str, Any], *, schema_registry: SchemaRegistry, consumer: MessageQueue | None = None
+    raw: dict[str, Any],
+    *,
+    schema_registry: SchemaRegistry,
+    consumer: MessageQueue | None = None,
+    payload_store: S3PayloadStore | None = None,
 ) -> SQSMessage:
-    """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content."""
+    """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content.
+
+    An offloaded body (an S3 pointer, raw or inside the SNS envelope) is fetched from ``payload_store``; without
+    one, or when the object is missing, ``error`` says why (a :class:`~microbus.errors.PayloadError`).
+    """
     attributes = raw.get("Attributes", {})
     message = SQSMessage(
         consumer=consumer,
@@ -129,7 +142,8 @@ def decode_raw_message(
         sent_at=_epoch_ms(attributes.get("SentTimestamp")),
     )
     try:
-        unwrapped = unwrap(message.body)
+        body = _fetched_body(message, payload_store)
+        unwrapped = unwrap(body)
         obj, message.topic_arn, message.sns_message_id = (
             unwrapped.message,
             unwrapped.topic_arn,
@@ -154,3 +168,33 @@ def _epoch_ms(value: Any) -> float | None:
     if not isinstance(value, str) or not value.isdigit() or len(value) > 16:
         return None
     return int(value) / 1000
+
+
+def _fetched_body(message: SQSMessage, payload_store: S3PayloadStore | None) -> str:
+    """The body to decode: the message's own, or the offloaded one it points to (raw or enveloped delivery).
+
+    Raises:
+        PayloadError: the body is offloaded and cannot be fetched (see :meth:`S3PayloadStore.get`).
+    """
+    envelope: dict[str, Any] | None = None
+    pointer_text = message.body if is_offloaded(message.message_attributes) else None
+    if pointer_text is None and message.body.startswith("{") and '"Notification"' in message.body:
+        outer = json.loads(message.body)
+        if (
+            isinstance(outer, dict)
+            and outer.get("Type") == "Notification"
+            and is_offloaded(outer.get("MessageAttributes"))
+        ):
+            envelope, pointer_text = outer, outer.get("Message")
+    if pointer_text is None:
+        return message.body
+    pointer = PayloadPointer.from_body(pointer_text if isinstance(pointer_text, str) else "")
+    if payload_store is None:
+        raise PayloadError(
+            "The message's payload was offloaded to S3, and this consumer reads no payloads: set payload_store.bucket"
+        )
+    payload = payload_store.get(pointer)
+    message.payload_pointer = pointer
+    if envelope is None:
+        return payload
+    return json.dumps({**envelope, "Message": payload})

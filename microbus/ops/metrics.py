@@ -4,7 +4,8 @@ Names and labels (the dashboard reads them):
 
 - ``microbus_messages_received_total{daemon,queue}``
 - ``microbus_messages_handled_total{daemon,queue,media_type,outcome}``: every finished message, by outcome
-- ``microbus_handler_duration_seconds{daemon,queue,media_type}``: histogram of handler run time
+- ``microbus_handler_duration_seconds{daemon,queue,media_type}``: histogram of handler run time (not for
+  messages no handler ran for: REJECTED, DEFERRED)
 - ``microbus_end_to_end_latency_seconds{daemon,queue,media_type}``: histogram, from the publish (the SNS
   envelope's ``Timestamp``, else SQS's ``SentTimestamp``) to the handler's successful end
 - ``microbus_messages_in_flight{daemon,queue}``: received and not yet settled (waiting, running or settling)
@@ -33,6 +34,7 @@ UNKNOWN = "unknown"
 _HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _COMPLETED = (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.IGNORED)
+_NO_HANDLER_RUN = (Outcome.REJECTED, Outcome.DEFERRED)
 _ENDED = (EventKind.SETTLED, EventKind.RELEASED, EventKind.DEAD_LETTERED, EventKind.SETTLE_FAILED)
 
 
@@ -161,7 +163,7 @@ class MetricsObserver:
         media_type = self.media_type_label(event.media_type)
         self.metrics.handled.labels(*self.labels, media_type, outcome.label).inc()
         result = event.result
-        if result is not None and outcome is not Outcome.REJECTED:
+        if result is not None and outcome not in _NO_HANDLER_RUN:
             self.metrics.handler_duration.labels(*self.labels, media_type).observe(result.elapsed_s)
         sent_at = event.message.sent_at if event.message is not None else None
         if outcome in _COMPLETED and sent_at is not None:
