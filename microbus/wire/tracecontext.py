@@ -5,8 +5,8 @@ only when the context carries one), so a message keeps at least 8 of SQS's 10 at
 them to raw subscriptions as SQS attributes and to enveloped ones inside the envelope. microcosm-pubsub
 ignores message attributes, so its consumers are not affected. The consumer continues the trace: the
 handler runs inside a CONSUMER span whose parent is the producer's span, with OpenTelemetry's messaging
-attributes. Only the OpenTelemetry API is used (spans are recorded once an SDK tracer provider is set);
-without it installed, nothing is added to messages and nothing is read.
+attributes. Only the OpenTelemetry API is used; until a tracer provider (the SDK's) is set, and without
+OpenTelemetry installed, nothing is added to messages, nothing is read and no span is made.
 """
 
 from __future__ import annotations
@@ -54,9 +54,22 @@ def tracing_available() -> bool:
     return _otel() is not None
 
 
+def _recording() -> Any:
+    """The OpenTelemetry API modules when a tracer provider is configured, else None: until an SDK provider
+    is set, spans would be no-ops, and skipping them saves ~50 µs per message."""
+    otel = _otel()
+    if otel is None:
+        return None
+    trace = otel[1]
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return otel
+
+
 def trace_attributes() -> dict[str, dict[str, str]]:
     """Message attributes carrying the current trace context (none without a current span, or without OTel)."""
-    otel = _otel()
+    otel = _recording()
     if otel is None:
         return {}
     carrier: dict[str, str] = {}
@@ -76,7 +89,7 @@ def _name(arn_or_url: str | None) -> str:
 def producer_span(topic_arn: str, media_type: str) -> Iterator[Any]:
     """A PRODUCER span around a publish to ``topic_arn`` (None without OTel); messages created inside it
     carry it as their parent. Set ``messaging.message.id`` on it once known."""
-    otel = _otel()
+    otel = _recording()
     if otel is None:
         yield None
         return
@@ -98,7 +111,7 @@ def producer_span(topic_arn: str, media_type: str) -> Iterator[Any]:
 def consumer_span(message: TracedMessage, *, queue_url: str | None, daemon: str) -> Iterator[Any]:
     """A CONSUMER span around handling ``message``, continuing the trace its attributes carry (None without
     OTel). Values from the wire are bounded; a malformed ``traceparent`` starts a new trace."""
-    otel = _otel()
+    otel = _recording()
     if otel is None:
         yield None
         return
