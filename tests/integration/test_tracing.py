@@ -1,11 +1,13 @@
 """OpenTelemetry: one trace from the producer through SNS and SQS to the handler, on the emulator.
 
-The SDK's in-memory exporter records the spans. The global tracer provider can be set once per process, so
-this module sets it once (or reuses one an earlier test set) and clears the exporter per test.
+The SDK's in-memory exporter records the spans. The global tracer provider can be set only once per process,
+so the fixture puts OpenTelemetry's globals back afterwards (private names, as OpenTelemetry's own test
+utilities do): other tests then see no provider, as without tracing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,26 +19,28 @@ from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.util._once import Once  # noqa: E402
 
 from microbus import HandlerRegistry, Outcome, SQSMessageDispatcher, Worker  # noqa: E402
 from microbus.testing import wait_for  # noqa: E402
 from schemas import OrderPlaced  # noqa: E402
 
 pytestmark = pytest.mark.integration
-_EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture
-def spans() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    if not getattr(provider, "_microbus_test_exporter", False):
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        provider._microbus_test_exporter = True  # type: ignore[attr-defined]
-    _EXPORTER.clear()
-    return _EXPORTER
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+        provider.shutdown()
 
 
 def run_one(queue: Any, handler: Any) -> Worker:
