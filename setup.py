@@ -32,7 +32,11 @@ setup(
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
         ],
+        "compat": [
+            "PyHamcrest>=2",
+        ],
         "dev": [
+            "PyHamcrest>=2",
             "moto[server]>=5.1,<6",
             "pytest>=8",
             "pytest-timeout>=2.3",

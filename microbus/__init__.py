@@ -1,5 +1,6 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
+from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon, register_operations
 from microbus.consume.dispatch import (
@@ -25,6 +26,8 @@ from microbus.errors import (
     EndpointUnreachableError,
     FanInStateError,
     IgnoreMessage,
+    LambdaBatchFailedError,
+    LambdaEventError,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
@@ -47,6 +50,7 @@ from microbus.errors import (
     UnexpectedResponseError,
 )
 from microbus.ops.daemon import DaemonOperations
+from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -54,11 +58,12 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
@@ -106,6 +111,9 @@ __all__ = [
     "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",
     "callback",
@@ -116,6 +124,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: AWS Lambda
+    "make_lambda_handler",
+    "LambdaHandler",
     # patterns: request/reply
     "Requester",
     "Replier",
@@ -140,6 +151,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "LambdaEventError",
+    "LambdaBatchFailedError",
     "PayloadError",
     "PayloadMissingError",
     "PayloadUnavailableError",

@@ -30,7 +30,6 @@ DEFAULT_MEDIA_TYPE = "application/json"
 PUBLISHED_KEY = "x-request-published"
 MESSAGE_ID_KEY = "x-microbus-message-id"  # stamped by the producer; stable across every redelivery
 REQUEST_ID_KEY = "x-request-id"
-CID_KEY = "x-microbus-cid"  # the correlation id of parallel execution (and of a flow)
 
 
 class PubSubMessageSchema(Schema):
