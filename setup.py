@@ -21,6 +21,15 @@ setup(
         "yaml": [
             "PyYAML>=6",
         ],
+        "flask": [
+            "Flask>=2.3",
+        ],
+        "fastapi": [
+            "fastapi>=0.100",
+        ],
+        "outbox": [
+            "SQLAlchemy>=2.0,<3",
+        ],
         "local": [
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
@@ -34,6 +43,11 @@ setup(
             "boto3-stubs[sns,sqs,dynamodb]",
             "PyYAML>=6",
             "types-PyYAML",
+            "Flask>=2.3",
+            "fastapi>=0.100",
+            "httpx>=0.24",
+            "SQLAlchemy>=2.0,<3",
+            "psycopg[binary]>=3.1",
         ],
     },
     entry_points={

@@ -9,9 +9,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from microcosm.api import defaults
 
@@ -84,6 +85,33 @@ class OutgoingMessage:
     """FIFO topics only: the message group (None for a standard topic)."""
     deduplication_id: str | None = None
     """FIFO topics only: the deduplication id the caller gave, if any."""
+
+
+class MessageCapture(Protocol):
+    """Takes the messages a producer would publish in this context (a deferred block, an outbox transaction)."""
+
+    def capture(self, producer: SNSProducer, messages: Sequence[OutgoingMessage]) -> None:
+        """Keep ``messages`` (validated and encoded by ``producer``) instead of publishing them now."""
+
+
+_capture: ContextVar[MessageCapture | None] = ContextVar("microbus_message_capture", default=None)
+
+
+def current_capture() -> MessageCapture | None:
+    """The capture that takes this context's publishes (thread or task), None when they go to SNS."""
+    return _capture.get()
+
+
+@contextmanager
+def capturing(capture: MessageCapture | None) -> Iterator[None]:
+    """In the block, :meth:`SNSProducer.publish` and :meth:`~SNSProducer.publish_many` hand their messages to
+    ``capture`` instead of SNS (None: to SNS, e.g. to flush what a capture kept). Context-local: other threads
+    and tasks are not affected; tasks and threads started with a copy of the context are."""
+    token = _capture.set(capture)
+    try:
+        yield
+    finally:
+        _capture.reset(token)
 
 
 def is_fifo_topic(topic_arn: str) -> bool:
@@ -258,9 +286,13 @@ class SNSProducer:
 
         To a FIFO topic, the message goes with its group id and deduplication id: the one given, else none
         when the topic has content-based deduplication, else the stamped message id, so that publishing the
-        same message again (a retry) is deduplicated.
+        same message again (a retry) is deduplicated. Inside :func:`capturing`, the capture takes the message
+        and its ``x-microbus-message-id`` is returned (there is no SNS id yet).
         """
         _check_group_ids([outgoing])
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, [outgoing])
+            return str(outgoing.message_id)
         fifo = self._fifo_ids(outgoing.topic_arn, {0: outgoing})
         if fifo:
             group_id, dedup_id = fifo[0]
@@ -318,8 +350,13 @@ class SNSProducer:
         Raises:
             ConfigurationError: a message to a FIFO topic has no group id (nothing was sent).
             PublishError: some entries failed after retries.
+
+        Inside :func:`capturing`, the capture takes the messages and their ``x-microbus-message-id`` are returned.
         """
         _check_group_ids(messages)
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, messages)
+            return [str(message.message_id) for message in messages]
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}
         for topic_arn, indexes in _group_by_topic(messages).items():

@@ -22,7 +22,8 @@ PUBLIC = {
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
-LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "cli"]
+# web and outbox sit above producing (they defer or store what it publishes); outbox's relay reuses consume's backoff.
+LAYERS = ["errors", "wire", "produce", "consume", "patterns", "web", "outbox", "topology", "ops", "testing", "cli"]
 ROOT = Path(microbus.__file__).parent
 
 

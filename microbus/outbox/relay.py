@@ -1,0 +1,251 @@
+"""The outbox relay: publishes committed outbox rows in creation order with PublishBatch and marks them sent.
+
+At least once: a row is marked sent in the transaction that selected it, after SNS accepted it; a crash between
+the two leaves it pending and it is published again, with the same ``x-microbus-message-id`` (and, to a FIFO
+topic, the same deduplication id), so an idempotent handler sees one message. Relays may run side by side: on
+PostgreSQL each batch locks its rows (``FOR UPDATE SKIP LOCKED``) and the others take the next ones; SQLite
+has one writer at a time, so its relays take turns.
+
+A row that can never be published (its message or attributes are not JSON, its media type is unknown or not
+the one of its body) is logged as an error, marked ``failed_at`` with the reason in ``last_error`` and kept;
+the relay goes on with the other rows, except the later rows of the same FIFO message group, which wait behind
+it: a FIFO group's order is the only order SNS keeps, and publishing past a gap in it would break it. Clear
+``failed_at`` (after fixing the row) to have it relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, exists, false, select, update
+
+from microbus.consume.supervision import restart_backoff_s
+from microbus.errors import MicrobusError, PublishError
+from microbus.outbox.outbox import Outbox
+from microbus.produce.producer import OutgoingMessage, SNSProducer, capturing
+from microbus.wire.sanitize import log_repr
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine, Row
+
+    from microbus.wire.schemas import SchemaRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class MalformedOutboxRowError(MicrobusError):
+    """An outbox row that can never be published as it is."""
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """What one relay batch did."""
+
+    published: int = 0
+    failed: int = 0
+    """Rows held as malformed."""
+    retry: int = 0
+    """Rows SNS refused this time; still pending."""
+
+    @property
+    def selected(self) -> int:
+        """Rows the batch took."""
+        return self.published + self.failed + self.retry
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows; run :meth:`relay_once` yourself, :meth:`run` in a loop, or :meth:`start`.
+
+    Parameters:
+        engine: the application's database.
+        producer: publishes (its PublishBatch batching, retries and FIFO deduplication ids); its schema registry
+            decides which media types are known, when ``check_media_types``.
+        outbox: the outbox table (default ``microbus_outbox``).
+        batch_size: rows per batch (one transaction).
+        poll_interval_s: pause when nothing is pending.
+        check_media_types: hold rows whose media type the producer's registry does not know.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        producer: SNSProducer,
+        outbox: Outbox | None = None,
+        batch_size: int = 10,
+        poll_interval_s: float = 1.0,
+        check_media_types: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.engine = engine
+        self.producer = producer
+        self.outbox = outbox or Outbox()
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.registry: SchemaRegistry | None = producer.schema_registry if check_media_types else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def relay_once(self) -> RelayResult:
+        """Publish one batch of pending rows, oldest first, in one transaction; return what happened.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database failed (the batch's rows stay pending).
+        """
+        table = self.outbox.table
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":  # take SQLite's write lock first: relays take turns
+                connection.execute(update(table).where(false()).values(attempts=table.c.attempts))
+            rows = list(connection.execute(self._pending()).all())
+            if not rows:
+                return RelayResult()
+            good, failed = self._check(connection, rows)
+            return self._publish(connection, good, failed)
+
+    def _pending(self) -> Any:
+        table = self.outbox.table
+        held = table.alias("held")
+        behind_failed_row = exists().where(
+            and_(
+                held.c.failed_at.is_not(None),
+                held.c.sent_at.is_(None),
+                held.c.message_group_id.is_not(None),
+                held.c.topic_arn == table.c.topic_arn,
+                held.c.message_group_id == table.c.message_group_id,
+                held.c.id < table.c.id,
+            )
+        )
+        return (
+            select(table)
+            .where(table.c.sent_at.is_(None), table.c.failed_at.is_(None), ~behind_failed_row)
+            .order_by(table.c.id)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True)
+        )
+
+    def _check(self, connection: Connection, rows: list[Row[Any]]) -> tuple[list[tuple[int, OutgoingMessage]], int]:
+        """The rows that can be published, as messages; mark the others failed. Later rows of a failed row's FIFO
+        group are left pending (held behind it)."""
+        good: list[tuple[int, OutgoingMessage]] = []
+        blocked: set[tuple[str, str]] = set()
+        failed = 0
+        for row in rows:
+            group = (row.topic_arn, row.message_group_id)
+            if row.message_group_id is not None and group in blocked:
+                continue
+            try:
+                good.append((row.id, self._message(row)))
+            except MalformedOutboxRowError as exc:
+                failed += 1
+                if row.message_group_id is not None:
+                    blocked.add(group)
+                logger.error("Outbox row %d cannot be published and is kept, held: %s", row.id, exc)
+                self._mark(connection, [row.id], failed_at=_now(), last_error=str(exc))
+        return good, failed
+
+    def _message(self, row: Row[Any]) -> OutgoingMessage:
+        """The message of a row, checked.
+
+        Raises:
+            MalformedOutboxRowError: its JSON is corrupt, or its media type unknown or not its body's.
+        """
+        media_type = row.media_type
+        try:
+            body = json.loads(row.message)
+            attributes = json.loads(row.message_attributes)
+        except (TypeError, ValueError) as exc:
+            raise MalformedOutboxRowError(f"{log_repr(media_type)} message is not valid JSON ({exc})") from None
+        if not isinstance(body, dict) or not isinstance(attributes, dict):
+            raise MalformedOutboxRowError(f"{log_repr(media_type)} message or attributes are not JSON objects")
+        if body.get("mediaType") != media_type:
+            raise MalformedOutboxRowError(
+                f"the row's media type {log_repr(media_type)} is not its body's {log_repr(body.get('mediaType'))}"
+            )
+        if self.registry is not None and media_type not in self.registry:
+            raise MalformedOutboxRowError(f"unknown media type {log_repr(media_type)}: no schema is registered for it")
+        return OutgoingMessage(
+            media_type,
+            row.topic_arn,
+            row.message,
+            attributes,
+            message_id=row.message_id,
+            message_group_id=row.message_group_id,
+            deduplication_id=row.deduplication_id,
+        )
+
+    def _publish(self, connection: Connection, good: list[tuple[int, OutgoingMessage]], failed: int) -> RelayResult:
+        ids = [row_id for row_id, _ in good]
+        refused: dict[int, str] = {}
+        if good:
+            try:
+                with capturing(None):  # to SNS, even when called inside a deferred block or an outbox transaction
+                    self.producer.publish_many([message for _, message in good])
+            except PublishError as exc:
+                refused = {ids[index]: reason for index, reason in exc.failed.items()}
+                logger.warning("Outbox: %d of %d messages not published, retried later", len(refused), len(good))
+        sent = [row_id for row_id in ids if row_id not in refused]
+        if sent:
+            self._mark(connection, sent, sent_at=_now())
+        for row_id, reason in refused.items():
+            self._mark(connection, [row_id], last_error=reason[:1000])
+        return RelayResult(published=len(sent), failed=failed, retry=len(refused))
+
+    def _mark(self, connection: Connection, row_ids: list[int], **values: Any) -> None:
+        table = self.outbox.table
+        connection.execute(update(table).where(table.c.id.in_(row_ids)).values(attempts=table.c.attempts + 1, **values))
+
+    def run_until_idle(self) -> int:
+        """Relay batches until none is pending that can be published now; return the rows published."""
+        published = 0
+        while True:
+            result = self.relay_once()
+            published += result.published
+            if result.selected < self.batch_size and not result.retry:
+                return published
+            if result.retry and not result.published:
+                return published
+
+    def run(self) -> None:
+        """Relay until :meth:`stop`: a full batch is followed at once by the next, else a pause of
+        ``poll_interval_s``. An error is logged (with its traceback unless it is the database's or SNS's) and the
+        loop goes on after a backoff; the current batch finishes before it stops."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                result = self.relay_once()
+            except Exception as exc:  # the relay outlives a database or network outage
+                failures += 1
+                delay = restart_backoff_s(failures, base_s=self.poll_interval_s)
+                logger.error("Outbox relay batch failed (%s); next try in %.1fs", exc, delay, exc_info=failures == 1)
+                self._stop.wait(delay)
+                continue
+            failures = 0
+            if result.selected < self.batch_size or result.retry:
+                self._stop.wait(self.poll_interval_s)
+
+    def start(self) -> OutboxRelay:
+        """Run :meth:`run` on a daemon thread (embedded in the application); return self."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the outbox relay is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="microbus-outbox-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop after the current batch; wait up to ``timeout_s``; True when the thread has ended."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
