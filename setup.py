@@ -46,6 +46,7 @@ setup(
             "Flask>=2.3",
             "fastapi>=0.100",
             "httpx>=0.24",
+            "httpx2",
             "SQLAlchemy>=2.0,<3",
             "psycopg[binary]>=3.1",
         ],
