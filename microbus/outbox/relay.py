@@ -27,7 +27,7 @@ from sqlalchemy import and_, exists, false, select, update
 from microbus.consume.supervision import restart_backoff_s
 from microbus.errors import MicrobusError, PublishError
 from microbus.outbox.outbox import Outbox
-from microbus.produce.producer import OutgoingMessage, SNSProducer, capturing
+from microbus.produce.producer import OutgoingMessage, SNSProducer, capturing, is_fifo_topic
 from microbus.wire.sanitize import log_repr
 
 if TYPE_CHECKING:
@@ -167,6 +167,8 @@ class OutboxRelay:
             raise MalformedOutboxRowError(
                 f"the row's media type {log_repr(media_type)} is not its body's {log_repr(body.get('mediaType'))}"
             )
+        if is_fifo_topic(row.topic_arn) and not row.message_group_id:
+            raise MalformedOutboxRowError(f"{log_repr(media_type)} message to a FIFO topic has no message group id")
         if self.registry is not None and media_type not in self.registry:
             raise MalformedOutboxRowError(f"unknown media type {log_repr(media_type)}: no schema is registered for it")
         return OutgoingMessage(

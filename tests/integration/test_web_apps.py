@@ -178,6 +178,7 @@ def test_a_failed_publish_turns_the_response_into_a_500(bus, framework, monkeypa
 
     make_app, make_client = FRAMEWORKS[framework]
     client = make_client(make_app(bus))
+
     def refuse(*args, **kwargs):
         raise TransportError("SNS refused")
 
