@@ -28,7 +28,7 @@ from microbus.consume.supervision import restart_backoff_s
 from microbus.errors import MicrobusError, PublishError
 from microbus.outbox.outbox import Outbox
 from microbus.produce.producer import OutgoingMessage, SNSProducer, capturing, is_fifo_topic
-from microbus.wire.sanitize import log_repr
+from microbus.wire.sanitize import log_repr, log_text
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Row
@@ -163,6 +163,11 @@ class OutboxRelay:
             raise MalformedOutboxRowError(f"{log_repr(media_type)} message is not valid JSON ({exc})") from None
         if not isinstance(body, dict) or not isinstance(attributes, dict):
             raise MalformedOutboxRowError(f"{log_repr(media_type)} message or attributes are not JSON objects")
+        if not all(_is_string_attribute(name, value) for name, value in attributes.items()):
+            raise MalformedOutboxRowError(
+                f"{log_repr(media_type)} message attributes are not SNS string attributes "
+                '({"name": {"DataType": "String", "StringValue": "..."}})'
+            )
         if body.get("mediaType") != media_type:
             raise MalformedOutboxRowError(
                 f"the row's media type {log_repr(media_type)} is not its body's {log_repr(body.get('mediaType'))}"
@@ -182,21 +187,50 @@ class OutboxRelay:
         )
 
     def _publish(self, connection: Connection, good: list[tuple[int, OutgoingMessage]], failed: int) -> RelayResult:
-        ids = [row_id for row_id, _ in good]
-        refused: dict[int, str] = {}
-        if good:
-            try:
-                with capturing(None):  # to SNS, even when called inside a deferred block or an outbox transaction
-                    self.producer.publish_many([message for _, message in good])
-            except PublishError as exc:
-                refused = {ids[index]: reason for index, reason in exc.failed.items()}
-                logger.warning("Outbox: %d of %d messages not published, retried later", len(refused), len(good))
-        sent = [row_id for row_id in ids if row_id not in refused]
+        refused, broken = self._send(good)
+        for row_id, reason in broken.items():
+            logger.error("Outbox row %d cannot be published and is kept, held: %s", row_id, reason)
+            self._mark(connection, [row_id], failed_at=_now(), last_error=reason)
+        held = {_group(message) for row_id, message in good if row_id in broken and message.message_group_id}
+        unsent = refused.keys() | broken.keys()
+        sent = [row_id for row_id, message in good if row_id not in unsent]
         if sent:
             self._mark(connection, sent, sent_at=_now())
         for row_id, reason in refused.items():
             self._mark(connection, [row_id], last_error=reason[:1000])
-        return RelayResult(published=len(sent), failed=failed, retry=len(refused))
+        if held:
+            logger.warning("Outbox: later rows of %d FIFO group(s) wait behind a row that cannot be sent", len(held))
+        return RelayResult(published=len(sent), failed=failed + len(broken), retry=len(refused))
+
+    def _send(self, batch: list[tuple[int, OutgoingMessage]]) -> tuple[dict[int, str], dict[int, str]]:
+        """Publish a batch; return the rows SNS refused (retried later) and the rows that broke the publish itself
+        (an error other than SNS's: held). A batch that breaks is sent again row by row to find the culprit;
+        rows of a FIFO group after a broken row are not sent (they wait behind it)."""
+        if not batch:
+            return {}, {}
+        try:
+            with capturing(None):  # to SNS, even when called inside a deferred block or an outbox transaction
+                self.producer.publish_many([message for _, message in batch])
+        except PublishError as exc:
+            logger.warning("Outbox: %d of %d messages not published, retried later", len(exc.failed), len(batch))
+            return {batch[index][0]: reason for index, reason in exc.failed.items()}, {}
+        except Exception as exc:  # a row SNS's client cannot even send (e.g. a parameter it refuses)
+            if len(batch) == 1:
+                return {}, {batch[0][0]: f"publishing failed: {type(exc).__name__}: {log_text(str(exc))}"}
+            refused: dict[int, str] = {}
+            broken: dict[int, str] = {}
+            blocked: set[tuple[str, str]] = set()
+            for row_id, message in batch:
+                if message.message_group_id is not None and _group(message) in blocked:
+                    refused[row_id] = "waiting behind an earlier row of its FIFO group"
+                    continue
+                one_refused, one_broken = self._send([(row_id, message)])
+                refused.update(one_refused)
+                broken.update(one_broken)
+                if one_broken and message.message_group_id is not None:
+                    blocked.add(_group(message))
+            return refused, broken
+        return {}, {}
 
     def _mark(self, connection: Connection, row_ids: list[int], **values: Any) -> None:
         table = self.outbox.table
@@ -247,6 +281,21 @@ class OutboxRelay:
             return True
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+
+def _group(message: OutgoingMessage) -> tuple[str, str]:
+    return message.topic_arn, str(message.message_group_id)
+
+
+def _is_string_attribute(name: object, value: object) -> bool:
+    """Whether a message attribute is as microbus writes it: a String (or Number) with its StringValue."""
+    return (
+        isinstance(name, str)
+        and isinstance(value, dict)
+        and set(value) == {"DataType", "StringValue"}
+        and value["DataType"] in ("String", "Number")
+        and isinstance(value["StringValue"], str)
+    )
 
 
 def _now() -> datetime:

@@ -191,9 +191,11 @@ def test_two_relays_racing_publish_every_row_exactly_once(app):
         assert min(counts) > 0, counts  # SKIP LOCKED: they took different rows at the same time
 
 
-def relay_process(app, log, *extra):
+def relay_process(app, log, *extra, publish_delay_s=0.0):
+    """``microbus outbox relay`` as a process; each PublishBatch call is delayed by ``publish_delay_s``."""
     env = {**os.environ, **app.queue.endpoint.environ()}
-    command = [MICROBUS, "outbox", "relay", "--database-url", app.url]
+    command = [sys.executable, str(Path(__file__).with_name("outbox_relay_process.py")), str(publish_delay_s)]
+    command += ["--database-url", app.url]
     command += ["--table", app.outbox.table.name, "--poll-interval", "0.05", *extra]
     with open(log, "a") as output:
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -221,16 +223,16 @@ def received_ids(app, expected):
 
 
 def test_a_relay_killed_mid_batch_loses_nothing_and_its_duplicates_keep_their_message_ids(app, tmp_path):
-    # Given 150 pending rows and a relay process taking 50 rows per transaction (5 PublishBatch calls)
+    # Given 150 pending rows and a relay process taking 50 rows per transaction (5 PublishBatch calls, each
+    # slowed down by 50 ms so that the test sees the batch half published)
     ids = app.place_many(150)
     sent = app.outbox.table.c.sent_at.is_not(None)
     log = tmp_path / "relay.log"
-    relay = relay_process(app, log, "--batch-size", "50")
+    relay = relay_process(app, log, "--batch-size", "50", publish_delay_s=0.05)
     try:
         # When it is SIGKILLed while a batch is published but not yet marked sent
         def mid_batch():
-            depth = app.queue.depth()
-            return depth > app.count(sent) and depth < 150
+            return app.queue.depth() > app.count(sent)
 
         wait_for(mid_batch, timeout_s=60, interval_s=0.005, what="a batch published but not committed")
         relay.send_signal(signal.SIGKILL)
@@ -250,13 +252,13 @@ def test_a_relay_killed_mid_batch_loses_nothing_and_its_duplicates_keep_their_me
     assert duplicates > 0  # the kill hit a published, uncommitted batch: at least once, same ids
 
 
-def test_the_relay_command_explains_an_unreachable_database(app, tmp_path):
+def test_the_relay_command_explains_an_unreachable_database(microbus_endpoint, tmp_path):
     process = subprocess.run(
         [MICROBUS, "outbox", "relay", "--once", "--database-url", "not a url"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **app.queue.endpoint.environ()},
+        env={**os.environ, **microbus_endpoint.environ()},
     )
     assert process.returncode == 2
     assert "not a usable database URL" in process.stderr
@@ -266,7 +268,30 @@ def test_the_relay_command_explains_an_unreachable_database(app, tmp_path):
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **app.queue.endpoint.environ()},
+        env={**os.environ, **microbus_endpoint.environ()},
     )
     assert process.returncode == 2
     assert "OperationalError" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_the_relay_command_stops_on_sigterm_after_its_batch(app, tmp_path):
+    log = tmp_path / "relay.log"
+    relay = relay_process(app, log)
+    ids = app.place_many(3)
+    wait_for(lambda: app.count(app.outbox.table.c.sent_at.is_not(None)) == 3, what="the rows relayed")
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(15) == 0, log.read_text()
+    assert len(ids) == 3 and "Traceback" not in log.read_text()
+
+
+def test_the_relay_command_never_prints_the_database_password(microbus_endpoint):
+    process = subprocess.run(
+        [MICROBUS, "outbox", "relay", "--once", "--database-url", "postgresql+psycopg://app:s3cret@127.0.0.1:1/app"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **microbus_endpoint.environ()},
+    )
+    assert process.returncode == 2
+    assert "OperationalError" in process.stderr and "app:***@127.0.0.1:1" in process.stderr
+    assert "s3cret" not in process.stdout + process.stderr

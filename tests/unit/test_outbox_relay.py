@@ -122,9 +122,11 @@ def corrupt(db, row_id, **values):
         ({"message": '{"mediaType": "application/vnd.microbus.order.placed", "order_id": '}, "not valid JSON"),
         ({"message_attributes": "not json"}, "not valid JSON"),
         ({"message": "[1, 2]"}, "not JSON objects"),
+        ({"message_attributes": '{"media_type": {"DataType": "String", "StringValue": 5}}'}, "not SNS string"),
+        ({"message_attributes": '{"media_type": "x"}'}, "not SNS string"),
         ({"media_type": "application/vnd.nobody.knows"}, "is not its body's"),
     ],
-    ids=["corrupt-body", "corrupt-attributes", "not-an-object", "media-type-mismatch"],
+    ids=["corrupt-body", "corrupt-attributes", "not-an-object", "bad-attribute-value", "bad-attribute", "mismatch"],
 )
 def test_a_malformed_row_is_kept_with_the_reason_and_the_others_are_published(
     db, producer, transport, caplog, values, reason
@@ -205,3 +207,30 @@ def test_later_rows_of_a_malformed_rows_fifo_group_wait_behind_it_and_other_grou
     corrupt(db, 1, message=json.dumps(fixed), failed_at=None)
     assert relay.run_until_idle() == 3
     assert published[2:] == [("a", 0), ("a", 2), ("a", 4)]
+
+
+def test_a_row_that_breaks_the_publish_itself_is_found_held_and_the_batch_goes_on(db, producer, transport, caplog):
+    # Given rows, one of which makes the SNS client raise before sending anything (not an SNS refusal)
+    for i in range(4):
+        place(db, producer, f"o-{i}")
+    publish_batch = transport.publish_batch
+
+    def refuse_o2(topic_arn, entries, **fifo):
+        if any(json.loads(message)["order_id"] == "o-2" for message, _ in entries):
+            raise TypeError("Parameter validation failed")
+        return publish_batch(topic_arn, entries, **fifo)
+
+    transport.publish_batch = refuse_o2
+    transport.publish = lambda topic_arn, message, attributes, **fifo: refuse_o2(topic_arn, [(message, attributes)])
+    relay = OutboxRelay(engine=db[0], producer=producer, outbox=db[2])
+    # When the relay runs
+    with caplog.at_level(logging.ERROR, logger="microbus.outbox.relay"):
+        result = relay.relay_once()
+    # Then the other rows are published once each, and the culprit is kept with the reason
+    assert (result.published, result.failed) == (3, 1)
+    assert sorted(set(transport.published)) == ["o-0", "o-1", "o-3"]
+    bad = rows(db)[2]
+    assert bad.sent_at is None and bad.failed_at is not None
+    assert "TypeError: Parameter validation failed" in bad.last_error
+    assert "Outbox row 3 cannot be published" in caplog.text
+    assert relay.run_until_idle() == 0
