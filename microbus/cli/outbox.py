@@ -34,6 +34,13 @@ def outbox() -> None:
     multiple=True,
     help="Module that registers schemas (repeatable): rows of other media types are held as unknown.",
 )
+@click.option(
+    "--claim-lease",
+    "claim_lease_s",
+    type=click.FloatRange(1, 86_400),
+    default=120.0,
+    help="SQLite: seconds a batch stays claimed by a relay that may have died while publishing it.",
+)
 @click.option("--once", is_flag=True, help="Relay what is pending, then exit.")
 @click.option("--verbose", is_flag=True)
 def relay(
@@ -45,6 +52,7 @@ def relay(
     batch_size: int,
     poll_interval_s: float,
     schema_modules: tuple[str, ...],
+    claim_lease_s: float,
     once: bool,
     verbose: bool,
 ) -> None:
@@ -85,6 +93,7 @@ def relay(
         batch_size=batch_size,
         poll_interval_s=poll_interval_s,
         check_media_types=bool(schema_modules),
+        claim_lease_s=claim_lease_s,
     )
     where = engine.url.render_as_string(hide_password=True)
     try:

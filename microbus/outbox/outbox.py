@@ -27,7 +27,8 @@ class Outbox:
 
     def __init__(self, *, table_name: str = DEFAULT_TABLE_NAME, metadata: MetaData | None = None) -> None:
         self.metadata = metadata if metadata is not None else MetaData()
-        self.table = self.metadata.tables.get(table_name) or outbox_table(self.metadata, table_name)
+        existing = self.metadata.tables.get(table_name)
+        self.table = existing if existing is not None else outbox_table(self.metadata, table_name)
 
     def create_table(self, bind: Engine | Connection) -> None:
         """Create the table and its index unless they exist."""

@@ -1,17 +1,17 @@
 """The outbox relay: publishes committed outbox rows in creation order with PublishBatch and marks them sent.
 
-At least once: a row is marked sent in the transaction that selected it, after SNS accepted it; a crash between
-the two leaves it pending and it is published again, with the same ``x-microbus-message-id`` (and, to a FIFO
-topic, the same deduplication id), so an idempotent handler sees one message. Relays may run side by side: on
-PostgreSQL each batch locks its rows (``FOR UPDATE SKIP LOCKED``) and the others take the next ones; SQLite
-has one writer at a time, so its relays take turns.
+At least once: a row is marked sent only after SNS accepted it; a crash in between leaves it pending and it is
+published again, with the same ``x-microbus-message-id`` (and, to a FIFO topic, the same deduplication id), so
+an idempotent handler sees one message. Relays may run side by side: on PostgreSQL each batch locks its rows
+(``FOR UPDATE SKIP LOCKED``) and the others take the next ones; on SQLite each batch is claimed for a lease in a
+short write transaction (SQLite has one writer for the whole database, and holding it while SNS answers would
+stop the application's writes).
 
 A row that can never be published (its message or attributes are not JSON, its media type is unknown or not
 the one of its body) is logged as an error, marked ``failed_at`` with the reason in ``last_error`` and kept;
 the relay goes on with the other rows, except the later rows of the same FIFO message group, which wait behind
 it: a FIFO group's order is the only order SNS keeps, and publishing past a gap in it would break it. Clear
-``failed_at`` (after fixing the row) to have it relayed.
-"""
+``failed_at`` (after fixing the row) to have it relayed."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, false, select, update
+from sqlalchemy import and_, exists, false, or_, select, update
 
 from microbus.consume.supervision import restart_backoff_s
 from microbus.errors import MicrobusError, PublishError
@@ -69,6 +69,9 @@ class OutboxRelay:
         batch_size: rows per batch (one transaction).
         poll_interval_s: pause when nothing is pending.
         check_media_types: hold rows whose media type the producer's registry does not know.
+        claim_lease_s: SQLite only: how long a batch stays claimed by a relay that may have died while publishing
+            it; longer than a publish can take (with the producer's retries), shorter than you can wait after a
+            crash.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class OutboxRelay:
         batch_size: int = 10,
         poll_interval_s: float = 1.0,
         check_media_types: bool = True,
+        claim_lease_s: float = 120.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -88,27 +92,47 @@ class OutboxRelay:
         self.outbox = outbox or Outbox()
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
+        self.claim_lease_s = claim_lease_s
         self.registry: SchemaRegistry | None = producer.schema_registry if check_media_types else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def relay_once(self) -> RelayResult:
-        """Publish one batch of pending rows, oldest first, in one transaction; return what happened.
+        """Publish one batch of pending rows, oldest first; return what happened.
+
+        On PostgreSQL (and other databases with row locks) the batch is one transaction that locks its rows
+        (``FOR UPDATE SKIP LOCKED``) while they are published. SQLite locks the whole database for a write, which
+        would stop the application's writes while SNS is slow, so there the batch is claimed for
+        ``claim_lease_s`` in a short transaction, published, and marked in a second one; a relay that dies in
+        between leaves its claim, and the rows are published again once it expired.
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: the database failed (the batch's rows stay pending).
         """
-        table = self.outbox.table
+        if self.engine.dialect.name == "sqlite":
+            return self._relay_claimed()
         with self.engine.begin() as connection:
-            if connection.dialect.name == "sqlite":  # take SQLite's write lock first: relays take turns
-                connection.execute(update(table).where(false()).values(attempts=table.c.attempts))
             rows = list(connection.execute(self._pending()).all())
+            return self._record(connection, *self._attempt(rows)) if rows else RelayResult()
+
+    def _relay_claimed(self) -> RelayResult:
+        table = self.outbox.table
+        now = _now()
+        with self.engine.begin() as connection:
+            connection.execute(update(table).where(false()).values(attempts=table.c.attempts))  # the write lock
+            rows = list(connection.execute(self._pending(claimable_at=now)).all())
             if not rows:
                 return RelayResult()
-            good, failed = self._check(connection, rows)
-            return self._publish(connection, good, failed)
+            claimed_until = now + timedelta(seconds=self.claim_lease_s)
+            ids = [row.id for row in rows]
+            connection.execute(update(table).where(table.c.id.in_(ids)).values(claimed_until=claimed_until))
+        outcome = self._attempt(rows)
+        with self.engine.begin() as connection:
+            # Released, also the rows left out (behind a malformed row of their FIFO group).
+            connection.execute(update(table).where(table.c.id.in_(ids)).values(claimed_until=None))
+            return self._record(connection, *outcome)
 
-    def _pending(self) -> Any:
+    def _pending(self, claimable_at: datetime | None = None) -> Any:
         table = self.outbox.table
         held = table.alias("held")
         behind_failed_row = exists().where(
@@ -121,20 +145,25 @@ class OutboxRelay:
                 held.c.id < table.c.id,
             )
         )
-        return (
-            select(table)
-            .where(table.c.sent_at.is_(None), table.c.failed_at.is_(None), ~behind_failed_row)
-            .order_by(table.c.id)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True)
-        )
+        query = select(table).where(table.c.sent_at.is_(None), table.c.failed_at.is_(None), ~behind_failed_row)
+        if claimable_at is not None:
+            query = query.where(or_(table.c.claimed_until.is_(None), table.c.claimed_until < claimable_at))
+        return query.order_by(table.c.id).limit(self.batch_size).with_for_update(skip_locked=True)
 
-    def _check(self, connection: Connection, rows: list[Row[Any]]) -> tuple[list[tuple[int, OutgoingMessage]], int]:
-        """The rows that can be published, as messages; mark the others failed. Later rows of a failed row's FIFO
-        group are left pending (held behind it)."""
+    def _attempt(self, rows: list[Row[Any]]) -> tuple[list[int], dict[int, str], dict[int, str]]:
+        """Check and publish rows (no database call); return the rows sent, refused by SNS, and held as broken."""
+        good, broken = self._check(rows)
+        refused, broken_by_publish = self._send(good)
+        broken.update(broken_by_publish)
+        sent = [row_id for row_id, _ in good if row_id not in refused and row_id not in broken]
+        return sent, refused, broken
+
+    def _check(self, rows: list[Row[Any]]) -> tuple[list[tuple[int, OutgoingMessage]], dict[int, str]]:
+        """The rows that can be published, as messages, and the malformed ones with the reason. Later rows of a
+        malformed row's FIFO group are left out (they wait behind it)."""
         good: list[tuple[int, OutgoingMessage]] = []
+        broken: dict[int, str] = {}
         blocked: set[tuple[str, str]] = set()
-        failed = 0
         for row in rows:
             group = (row.topic_arn, row.message_group_id)
             if row.message_group_id is not None and group in blocked:
@@ -142,12 +171,10 @@ class OutboxRelay:
             try:
                 good.append((row.id, self._message(row)))
             except MalformedOutboxRowError as exc:
-                failed += 1
+                broken[row.id] = str(exc)
                 if row.message_group_id is not None:
                     blocked.add(group)
-                logger.error("Outbox row %d cannot be published and is kept, held: %s", row.id, exc)
-                self._mark(connection, [row.id], failed_at=_now(), last_error=str(exc))
-        return good, failed
+        return good, broken
 
     def _message(self, row: Row[Any]) -> OutgoingMessage:
         """The message of a row, checked.
@@ -186,21 +213,18 @@ class OutboxRelay:
             deduplication_id=row.deduplication_id,
         )
 
-    def _publish(self, connection: Connection, good: list[tuple[int, OutgoingMessage]], failed: int) -> RelayResult:
-        refused, broken = self._send(good)
+    def _record(
+        self, connection: Connection, sent: list[int], refused: dict[int, str], broken: dict[int, str]
+    ) -> RelayResult:
+        """Mark rows sent, refused (still pending) or failed (held, with the reason), releasing any claim."""
         for row_id, reason in broken.items():
             logger.error("Outbox row %d cannot be published and is kept, held: %s", row_id, reason)
             self._mark(connection, [row_id], failed_at=_now(), last_error=reason)
-        held = {_group(message) for row_id, message in good if row_id in broken and message.message_group_id}
-        unsent = refused.keys() | broken.keys()
-        sent = [row_id for row_id, message in good if row_id not in unsent]
         if sent:
             self._mark(connection, sent, sent_at=_now())
         for row_id, reason in refused.items():
             self._mark(connection, [row_id], last_error=reason[:1000])
-        if held:
-            logger.warning("Outbox: later rows of %d FIFO group(s) wait behind a row that cannot be sent", len(held))
-        return RelayResult(published=len(sent), failed=failed + len(broken), retry=len(refused))
+        return RelayResult(published=len(sent), failed=len(broken), retry=len(refused))
 
     def _send(self, batch: list[tuple[int, OutgoingMessage]]) -> tuple[dict[int, str], dict[int, str]]:
         """Publish a batch; return the rows SNS refused (retried later) and the rows that broke the publish itself
@@ -234,7 +258,10 @@ class OutboxRelay:
 
     def _mark(self, connection: Connection, row_ids: list[int], **values: Any) -> None:
         table = self.outbox.table
-        connection.execute(update(table).where(table.c.id.in_(row_ids)).values(attempts=table.c.attempts + 1, **values))
+        released = {"claimed_until": None, **values}
+        connection.execute(
+            update(table).where(table.c.id.in_(row_ids)).values(attempts=table.c.attempts + 1, **released)
+        )
 
     def run_until_idle(self) -> int:
         """Relay batches until none is pending that can be published now; return the rows published."""

@@ -20,7 +20,7 @@ def outbox_table(metadata: MetaData, name: str = DEFAULT_TABLE_NAME) -> Table:
     ``message``, ``message_attributes`` as JSON, ``message_id`` — its ``x-microbus-message-id`` —,
     ``message_group_id``, ``deduplication_id``), and the relay's bookkeeping: ``sent_at`` (None: pending),
     ``attempts``, ``last_error``, ``failed_at`` (set for a row that can never be published; it is kept, and
-    held until cleared).
+    held until cleared), ``claimed_until`` (SQLite: a relay is publishing the row).
     """
     table = Table(
         name,
@@ -38,6 +38,7 @@ def outbox_table(metadata: MetaData, name: str = DEFAULT_TABLE_NAME) -> Table:
         Column("attempts", Integer, nullable=False, default=0),
         Column("last_error", Text),
         Column("failed_at", DateTime(timezone=True)),
+        Column("claimed_until", DateTime(timezone=True)),
     )
     Index(f"ix_{name}_pending", table.c.sent_at, table.c.id)
     return table

@@ -228,7 +228,7 @@ def test_a_relay_killed_mid_batch_loses_nothing_and_its_duplicates_keep_their_me
     ids = app.place_many(150)
     sent = app.outbox.table.c.sent_at.is_not(None)
     log = tmp_path / "relay.log"
-    relay = relay_process(app, log, "--batch-size", "50", publish_delay_s=0.05)
+    relay = relay_process(app, log, "--batch-size", "50", "--claim-lease", "2", publish_delay_s=0.05)
     try:
         # When it is SIGKILLed while a batch is published but not yet marked sent
         def mid_batch():
@@ -240,9 +240,13 @@ def test_a_relay_killed_mid_batch_loses_nothing_and_its_duplicates_keep_their_me
         relay.wait(30)
         killed = app.count(sent)
     assert killed < 150
-    # And a new relay is started, runs until nothing is pending, and exits
-    restarted = relay_process(app, log, "--once")
-    assert restarted.wait(120) == 0, log.read_text()
+    # And a new relay is started (on SQLite, the dead relay's claim expires after 2 s)
+    restarted = relay_process(app, log)
+    try:
+        wait_for(lambda: app.count(sent) == 150, timeout_s=120, what="every row sent after the restart")
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(30) == 0, log.read_text()
     # Then every row is sent, every message arrived, and the repeats carry the ids of the first copies
     assert app.count(sent) == 150
     seen = received_ids(app, ids)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, create_engine, insert, select, update
@@ -234,3 +236,47 @@ def test_a_row_that_breaks_the_publish_itself_is_found_held_and_the_batch_goes_o
     assert "TypeError: Parameter validation failed" in bad.last_error
     assert "Outbox row 3 cannot be published" in caplog.text
     assert relay.run_until_idle() == 0
+
+
+def test_on_sqlite_the_application_can_write_while_the_relay_waits_for_sns(db, producer, transport, tmp_path):
+    # Given a relay whose PublishBatch takes 1 s, and an application whose writes wait at most 0.2 s for a lock
+    engine, orders, outbox = db
+    place(db, producer, "o-1")
+    app_engine = create_engine(engine.url, connect_args={"timeout": 0.2})
+    publish_batch = transport.publish_batch
+    publishing = threading.Event()
+
+    def slow_publish_batch(*args, **kwargs):
+        publishing.set()
+        time.sleep(1.0)
+        return publish_batch(*args, **kwargs)
+
+    transport.publish_batch = slow_publish_batch
+    relay = OutboxRelay(engine=engine, producer=producer, outbox=outbox)
+    thread = threading.Thread(target=relay.relay_once)
+    thread.start()
+    assert publishing.wait(5)
+    # When the application commits an order and its message meanwhile, then it is not refused as "locked"
+    place((app_engine, orders, outbox), producer, "o-2")
+    thread.join()
+    assert transport.published == ["o-1"]
+    assert relay.run_until_idle() == 1 and transport.published == ["o-1", "o-2"]
+
+
+def test_on_sqlite_a_batch_claimed_by_a_relay_that_died_is_published_after_its_lease(db, producer, transport):
+    engine, _, outbox = db
+    for i in range(3):
+        place(db, producer, f"o-{i}")
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # not an Exception: the relay's process goes down with its claim
+
+    transport.publish_batch, publish_batch = die, transport.publish_batch
+    with pytest.raises(KeyboardInterrupt):
+        OutboxRelay(engine=engine, producer=producer, outbox=outbox, claim_lease_s=0.3).relay_once()
+    transport.publish_batch = publish_batch
+    other = OutboxRelay(engine=engine, producer=producer, outbox=outbox)
+    assert other.run_until_idle() == 0  # still claimed
+    time.sleep(0.35)  # the lease of the claim, a duration under test
+    assert other.run_until_idle() == 3
+    assert transport.published == ["o-0", "o-1", "o-2"]
