@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -27,6 +28,10 @@ from microbus.produce.producer import (
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+_Block = tuple["Deferral", int, Any]
+"""An open block: the deferral it adds to, how many messages it held at the start, the token to undo (outermost)."""
+_blocks: ContextVar[tuple[_Block, ...]] = ContextVar("microbus_deferred_blocks", default=())
+"""The open blocks of this context, innermost last: one instance may be entered in several threads or tasks."""
 
 
 class Deferral:
@@ -80,13 +85,10 @@ class deferred_publish:  # noqa: N801 - used as a function and a decorator, like
     messages may be published: it says which were not).
     """
 
-    def __init__(self) -> None:
-        self._stack: list[tuple[Deferral, int, Any]] = []
-
     @property
     def deferral(self) -> Deferral:
-        """The deferral this block adds to (the outermost block's)."""
-        return self._stack[-1][0]
+        """The deferral the innermost open block of this context adds to (the outermost block's)."""
+        return _blocks.get()[-1][0]
 
     def __enter__(self) -> deferred_publish:
         self._begin()
@@ -130,14 +132,16 @@ class deferred_publish:  # noqa: N801 - used as a function and a decorator, like
     def _begin(self) -> None:
         outer = current_capture()
         if isinstance(outer, Deferral):
-            self._stack.append((outer, len(outer.messages), None))
+            block: _Block = (outer, len(outer.messages), None)
         else:
             deferral = Deferral(outer)
-            self._stack.append((deferral, 0, _capture.set(deferral)))
+            block = (deferral, 0, _capture.set(deferral))
+        _blocks.set((*_blocks.get(), block))
 
     def _end(self, succeeded: bool) -> tuple[Deferral, bool]:
         """Leave the block; return its deferral and whether to publish it now (the outermost block succeeded)."""
-        deferral, mark, token = self._stack.pop()
+        *others, (deferral, mark, token) = _blocks.get()
+        _blocks.set(tuple(others))
         if token is None:  # nested: the outer block publishes
             if not succeeded:
                 deferral.discard(mark)

@@ -174,3 +174,29 @@ def test_invalid_content_fails_at_produce_time_not_at_the_end(producer, transpor
             producer.produce(OrderPlaced.MEDIA_TYPE, customer_id="c", total_cents=1)
         produce(producer, "good")
     assert transport.published == ["good"]
+
+
+def test_one_instance_entered_in_two_threads_keeps_their_blocks_apart(producer, transport):
+    block = deferred_publish()
+    inside = threading.Barrier(2)
+    errors = []
+
+    def request(order_id: str, fail: bool) -> None:
+        try:
+            with block:
+                produce(producer, order_id)
+                inside.wait(5)  # both blocks are open at once
+                if fail:
+                    raise RuntimeError
+        except RuntimeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=args) for args in (("good", False), ("bad", True))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert transport.published == ["good"]
