@@ -51,6 +51,7 @@ from microbus.patterns.idempotency import (
 from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.produce.producer import SNSProducer, TopicArns
+from microbus.web import DeferredPublishMiddleware, deferred_publish
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
@@ -104,6 +105,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # web apps (the outbox is microbus.outbox, with the outbox extra)
+    "deferred_publish",
+    "DeferredPublishMiddleware",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
