@@ -30,8 +30,13 @@ from microbus.errors import (
     MicrobusError,
     Nack,
     PatternError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadUnavailableError,
     PublishError,
     QueueNotFoundError,
+    RemoteHandlerError,
+    RequestTimeoutError,
     ResponseNotSerializableError,
     ResponseTooLargeError,
     SkipMessage,
@@ -48,11 +53,14 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
+from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.web import DeferredPublishMiddleware, deferred_publish
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
+from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 
@@ -66,6 +74,8 @@ __all__ = [
     "AWSSettings",
     "SNSTransport",
     "SQSTransport",
+    "S3PayloadStore",
+    "PayloadPointer",
     # producer and consumer
     "SNSProducer",
     "TopicArns",
@@ -105,6 +115,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: request/reply
+    "Requester",
+    "Replier",
     # web apps (the outbox is microbus.outbox, with the outbox extra)
     "deferred_publish",
     "DeferredPublishMiddleware",
@@ -129,6 +142,11 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadUnavailableError",
+    "RequestTimeoutError",
+    "RemoteHandlerError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",

@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 
 from microcosm.api import defaults
 
-from microbus.consume.dispatch import Action, AsyncHandlerCall, HandlerCall, Middleware, Outcome, Result
+from microbus.consume.dispatch import (
+    TTL_EXPIRED,
+    Action,
+    AsyncHandlerCall,
+    HandlerCall,
+    Middleware,
+    Outcome,
+    Result,
+)
 from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
@@ -40,11 +48,10 @@ from microbus.patterns.parallel import (
     CID_KEY,
     ParallelRequest,
     TargetReport,
-    bind_cid,
     target_payload,
-    unbind_cid,
     utc_now,
 )
+from microbus.wire.context import bind_cid, unbind_cid
 from microbus.wire.sanitize import log_repr
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport
@@ -101,7 +108,9 @@ class ReplyQueues:
 
     A URL matches itself (ignoring a trailing slash); an ARN matches URLs of its account and queue name (and
     region, when the URL names one, as AWS's do); a name matches a URL whose last path segment it is, on the
-    host and account of ``home_queue_url`` (the daemon's own queue) when given, else on any.
+    host and account of ``home_queue_url`` (the daemon's own queue) when given, else on any. A name ending in
+    ``*`` matches every queue name it starts (``microbus-reply-*``: the per-process reply queues of requesters),
+    on the same host and account the same way.
     """
 
     _AWS_REGION = re.compile(r"(?:^|\.)(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.")
@@ -110,7 +119,9 @@ class ReplyQueues:
         self.entries = tuple(e.strip() for e in entries if e and e.strip())
         self._home = _host_and_account(home_queue_url) if home_queue_url else None
         self._urls = {e.rstrip("/") for e in self.entries if "://" in e}
-        self._names = {e for e in self.entries if "://" not in e and not e.startswith("arn:")}
+        names = {e for e in self.entries if "://" not in e and not e.startswith("arn:")}
+        self._names = {e for e in names if not e.endswith("*")}
+        self._prefixes = tuple(e[:-1] for e in names if e.endswith("*") and len(e) > 1)
         self._arns: set[tuple[str, str, str]] = set()
         for entry in self.entries:
             parts = entry.split(":")
@@ -128,7 +139,7 @@ class ReplyQueues:
         if parts is None:
             return False
         host, region, account, name = parts
-        if name in self._names:
+        if name in self._names or name.startswith(self._prefixes):
             return self._home is None or self._home == (host, account)
         if region is None:
             found = self._AWS_REGION.search(host)
@@ -207,7 +218,7 @@ class ParallelReporter(Middleware):
         self.schema_registry = schema_registry
         self.mode = mode
         self.max_message_bytes = max_message_bytes
-        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None]]] = {}
+        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None] | None]] = {}
         self._refused: set[int] = set()
         self._lock = threading.Lock()
 
@@ -217,7 +228,7 @@ class ParallelReporter(Middleware):
 
     def before_handle(self, message: SQSMessage) -> None:
         request = ParallelRequest.from_message(message)  # read once per message, kept until after_handle
-        token = bind_cid(request.cid if request else None)
+        token = bind_cid(request.cid) if request else None  # others keep the message's cid
         refused = request is not None and not self.allows(request.reply_to)
         if refused:
             assert request is not None
@@ -288,7 +299,7 @@ class ParallelReporter(Middleware):
         Raises:
             TransportError: the callback queue could not be reached.
         """
-        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
+        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED) and result.reason != TTL_EXPIRED  # never ran
         response = result.response if ok else None
         exception = None if ok else exception_text(result.error, result.reason)
         stored = stored_response(result)

@@ -19,11 +19,15 @@ PUBLIC = {
     "QueueNotFoundError", "TopicNotFoundError", "PublishError", "PatternError", "ResponseTooLargeError",
     "ResponseNotSerializableError", "FanInStateError", "Nack", "SkipMessage", "IgnoreMessage", "LifecycleEvent",
     "LifecycleObserver", "EventKind", "MessageState", "FanOutPublishError", "AccessDeniedError",
+    "S3PayloadStore", "PayloadPointer", "Requester", "Replier", "PayloadError", "PayloadMissingError",
+    "PayloadUnavailableError", "RequestTimeoutError", "RemoteHandlerError",
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
 # web and outbox sit above producing (they defer or store what it publishes); outbox's relay reuses consume's backoff.
-LAYERS = ["errors", "wire", "produce", "consume", "patterns", "web", "outbox", "topology", "ops", "testing", "cli"]
+LAYERS = [
+    "errors", "wire", "produce", "consume", "patterns", "web", "outbox", "topology", "ops", "testing", "compat", "cli"
+]  # fmt: skip
 ROOT = Path(microbus.__file__).parent
 
 
