@@ -26,6 +26,7 @@ def outbox() -> None:
 @click.option("--create-table", is_flag=True, help="Create the table first, unless it exists.")
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators); default: AWS.")
 @click.option("--region", envvar="AWS_DEFAULT_REGION", default="us-east-1")
+@click.option("--payload-bucket", help="S3 bucket of large payloads (rows over the topic's limit); default: none.")
 @click.option("--batch-size", type=click.IntRange(1, 1000), default=10, help="Rows per transaction.")
 @click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(0.01, 3600), default=1.0)
 @click.option(
@@ -49,6 +50,7 @@ def relay(
     create_table: bool,
     endpoint_url: str | None,
     region: str,
+    payload_bucket: str | None,
     batch_size: int,
     poll_interval_s: float,
     schema_modules: tuple[str, ...],
@@ -68,6 +70,7 @@ def relay(
     except ImportError as exc:
         raise click.UsageError(f"the outbox needs SQLAlchemy 2: pip install 'microbus[outbox]' ({exc})") from exc
     from microbus.produce.producer import SNSProducer, TopicArns
+    from microbus.wire.payloads import S3PayloadStore
     from microbus.wire.schemas import SchemaRegistry
     from microbus.wire.transport import AWSSettings, SNSTransport
 
@@ -80,11 +83,18 @@ def relay(
         engine = create_engine(database_url)
     except (ArgumentError, ImportError, ValueError) as exc:
         raise click.BadParameter(f"not a usable database URL ({type(exc).__name__}: {exc})") from None
+    settings = AWSSettings(endpoint_url=endpoint_url, region_name=region)
     try:
-        sns = AWSSettings(endpoint_url=endpoint_url, region_name=region).client("sns")
+        sns = settings.client("sns")
+        store = S3PayloadStore(client=settings.client("s3"), bucket=payload_bucket) if payload_bucket else None
     except MicrobusError as exc:
         raise click.UsageError(str(exc)) from exc
-    producer = SNSProducer(transport=SNSTransport(client=sns), schema_registry=SchemaRegistry(), topic_arns=TopicArns())
+    producer = SNSProducer(
+        transport=SNSTransport(client=sns),
+        schema_registry=SchemaRegistry(),
+        topic_arns=TopicArns(),
+        payload_store=store,
+    )
     table = Outbox(table_name=table_name)
     relay_ = OutboxRelay(
         engine=engine,

@@ -201,6 +201,11 @@ class OutboxRelay:
             )
         if is_fifo_topic(row.topic_arn) and not row.message_group_id:
             raise MalformedOutboxRowError(f"{log_repr(media_type)} message to a FIFO topic has no message group id")
+        if row.offload and self.producer.payload_store is None:
+            raise MalformedOutboxRowError(
+                f"{log_repr(media_type)} message is over the topic's limit and this relay has no payload store: "
+                "turn on large payloads (payload_store.bucket, --payload-bucket), then clear failed_at"
+            )
         if self.registry is not None and media_type not in self.registry:
             raise MalformedOutboxRowError(f"unknown media type {log_repr(media_type)}: no schema is registered for it")
         return OutgoingMessage(
@@ -211,6 +216,7 @@ class OutboxRelay:
             message_id=row.message_id,
             message_group_id=row.message_group_id,
             deduplication_id=row.deduplication_id,
+            offload=bool(row.offload),
         )
 
     def _record(

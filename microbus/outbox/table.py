@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text
 
 from microbus.produce.producer import OutgoingMessage
 
@@ -18,7 +18,8 @@ def outbox_table(metadata: MetaData, name: str = DEFAULT_TABLE_NAME) -> Table:
 
     Columns: ``id`` (creation order), ``created_at``, the encoded message (``topic_arn``, ``media_type``,
     ``message``, ``message_attributes`` as JSON, ``message_id`` — its ``x-microbus-message-id`` —,
-    ``message_group_id``, ``deduplication_id``), and the relay's bookkeeping: ``sent_at`` (None: pending),
+    ``message_group_id``, ``deduplication_id``, ``offload`` — over the topic's limit, stored in S3 when relayed),
+    and the relay's bookkeeping: ``sent_at`` (None: pending),
     ``attempts``, ``last_error``, ``failed_at`` (set for a row that can never be published; it is kept, and
     held until cleared), ``claimed_until`` (SQLite: a relay is publishing the row).
     """
@@ -34,6 +35,7 @@ def outbox_table(metadata: MetaData, name: str = DEFAULT_TABLE_NAME) -> Table:
         Column("message_id", String(64), nullable=False),
         Column("message_group_id", String(128)),
         Column("deduplication_id", String(128)),
+        Column("offload", Boolean, nullable=False, default=False),
         Column("sent_at", DateTime(timezone=True)),
         Column("attempts", Integer, nullable=False, default=0),
         Column("last_error", Text),
@@ -55,5 +57,6 @@ def row_of(message: OutgoingMessage) -> dict[str, Any]:
         "message_id": str(message.message_id),
         "message_group_id": message.message_group_id,
         "deduplication_id": message.deduplication_id,
+        "offload": message.offload,
         "attempts": 0,
     }

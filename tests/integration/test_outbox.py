@@ -299,3 +299,22 @@ def test_the_relay_command_never_prints_the_database_password(microbus_endpoint)
     assert process.returncode == 2
     assert "OperationalError" in process.stderr and "app:***@127.0.0.1:1" in process.stderr
     assert "s3cret" not in process.stdout + process.stderr
+
+
+def test_a_large_payload_waits_in_the_outbox_and_goes_to_s3_when_relayed(app, tmp_path):
+    # Given large payloads on (an S3 bucket), and a message far over the SNS limit produced in a transaction
+    s3 = app.queue.endpoint.settings().client("s3")
+    bucket = f"outbox-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    config = app.queue.graph_config(payload_store={"bucket": bucket})
+    graph = create_object_graph("outbox-large", testing=True, loader=load_from_dict(config))
+    with app.engine.begin() as connection, app.outbox.transaction(connection):
+        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 400_000)
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # nothing stored before the relay
+    # When the relay command runs with the bucket
+    log = tmp_path / "relay.log"
+    assert relay_process(app, log, "--payload-bucket", bucket, "--once").wait(60) == 0, log.read_text()
+    # Then the body went to S3 and the consumer reads the whole content
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 1
+    (message,) = wait_for(graph.sqs_consumer.consume, what="the large message")
+    assert message.error is None and message.content["order_id"] == "x" * 400_000

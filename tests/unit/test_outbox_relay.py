@@ -280,3 +280,12 @@ def test_on_sqlite_a_batch_claimed_by_a_relay_that_died_is_published_after_its_l
     time.sleep(0.35)  # the lease of the claim, a duration under test
     assert other.run_until_idle() == 3
     assert transport.published == ["o-0", "o-1", "o-2"]
+
+
+def test_a_large_payload_row_is_held_by_a_relay_without_a_payload_store(db, producer, transport):
+    place(db, producer, "o-1")
+    corrupt(db, 1, offload=True)  # as written by a producer with large payloads on
+    relay = OutboxRelay(engine=db[0], producer=producer, outbox=db[2])
+    assert relay.run_until_idle() == 0
+    assert "no payload store" in rows(db)[0].last_error and rows(db)[0].failed_at is not None
+    assert transport.batches == []
