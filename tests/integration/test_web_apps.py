@@ -57,6 +57,13 @@ def flask_app(bus):
     app = Flask("orders")
     MicrobusFlask(app)
 
+    @app.post("/orders")
+    def place_from_body():
+        from flask import request
+
+        bus.produce("from-body")  # before the body is read: a malformed body still publishes nothing
+        return {"order_id": request.get_json()["order_id"]}
+
     @app.post("/orders/<order_id>")
     def place(order_id):
         bus.produce(order_id)
@@ -75,6 +82,7 @@ def flask_app(bus):
 
 def fastapi_app(bus):
     from fastapi import FastAPI, HTTPException, Response
+    from pydantic import BaseModel
 
     from microbus.web import DeferredPublishMiddleware
 
@@ -93,6 +101,14 @@ def fastapi_app(bus):
         if order_id.startswith("error"):
             return Response("no", status_code=500)
         return {"order_id": order_id}
+
+    class Order(BaseModel):
+        order_id: str
+
+    @app.post("/orders")
+    def place_from_body(order: Order):
+        bus.produce(order.order_id)
+        return {"order_id": order.order_id}
 
     @app.post("/async/{order_id}")
     async def place_async(order_id: str):
@@ -186,3 +202,13 @@ def test_a_failed_publish_turns_the_response_into_a_500(bus, framework, monkeypa
     # When SNS refuses the request's messages, the client is not told it succeeded
     assert client.post("/orders/o-9").status_code == 500
     assert bus.handled == []
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_malformed_request_body_publishes_nothing(bus, framework):
+    make_app, make_client = FRAMEWORKS[framework]
+    client = make_client(make_app(bus))
+    body = {"flask": "data", "fastapi": "content"}[framework]  # the test clients name the raw body differently
+    response = client.post("/orders", headers={"Content-Type": "application/json"}, **{body: b'{"order_id": '})
+    assert response.status_code in (400, 422)
+    assert bus.sns_calls == []
