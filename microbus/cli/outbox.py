@@ -42,6 +42,13 @@ def outbox() -> None:
     default=120.0,
     help="SQLite: seconds a batch stays claimed by a relay that may have died while publishing it.",
 )
+@click.option(
+    "--keep-sent",
+    "keep_sent_s",
+    type=click.FloatRange(0, None),
+    default=7 * 86_400.0,
+    help="Seconds sent rows are kept before they are deleted; 0: keep them.",
+)
 @click.option("--once", is_flag=True, help="Relay what is pending, then exit.")
 @click.option("--verbose", is_flag=True)
 def relay(
@@ -55,6 +62,7 @@ def relay(
     poll_interval_s: float,
     schema_modules: tuple[str, ...],
     claim_lease_s: float,
+    keep_sent_s: float,
     once: bool,
     verbose: bool,
 ) -> None:
@@ -104,6 +112,7 @@ def relay(
         poll_interval_s=poll_interval_s,
         check_media_types=bool(schema_modules),
         claim_lease_s=claim_lease_s,
+        keep_sent_s=keep_sent_s or None,
     )
     where = engine.url.render_as_string(hide_password=True)
     try:

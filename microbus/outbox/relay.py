@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, false, or_, select, update
+from sqlalchemy import and_, delete, exists, false, or_, select, update
 
 from microbus.consume.supervision import restart_backoff_s
 from microbus.errors import MicrobusError, PublishError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from microbus.wire.schemas import SchemaRegistry
 
 logger = logging.getLogger(__name__)
+_PURGE_INTERVAL_S = 60.0
 
 
 class MalformedOutboxRowError(MicrobusError):
@@ -72,6 +74,7 @@ class OutboxRelay:
         claim_lease_s: SQLite only: how long a batch stays claimed by a relay that may have died while publishing
             it; longer than a publish can take (with the producer's retries), shorter than you can wait after a
             crash.
+        keep_sent_s: how long sent rows are kept before :meth:`run` deletes them; None: never.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         check_media_types: bool = True,
         claim_lease_s: float = 120.0,
+        keep_sent_s: float | None = 7 * 86_400,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -93,6 +97,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self.claim_lease_s = claim_lease_s
+        self.keep_sent_s = keep_sent_s
         self.registry: SchemaRegistry | None = producer.schema_registry if check_media_types else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,22 +285,45 @@ class OutboxRelay:
             if result.retry and not result.published:
                 return published
 
+    def purge_sent(self) -> int:
+        """Delete the rows sent more than ``keep_sent_s`` ago (none when it is None); return how many.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database failed.
+        """
+        if self.keep_sent_s is None:
+            return 0
+        table = self.outbox.table
+        cutoff = _now() - timedelta(seconds=self.keep_sent_s)
+        with self.engine.begin() as connection:
+            deleted = connection.execute(delete(table).where(table.c.sent_at < cutoff)).rowcount
+        if deleted:
+            logger.info("Outbox: deleted %d row(s) sent before %s", deleted, cutoff.isoformat())
+        return int(deleted or 0)
+
     def run(self) -> None:
         """Relay until :meth:`stop`: a full batch is followed at once by the next, else a pause of
-        ``poll_interval_s``. An error is logged (with its traceback unless it is the database's or SNS's) and the
-        loop goes on after a backoff; the current batch finishes before it stops."""
+        ``poll_interval_s``; when idle, at most once a minute, :meth:`purge_sent`. An error is logged (with its
+        traceback the first time in a row) and the loop goes on after a backoff; the current batch finishes before
+        it stops."""
         failures = 0
+        purged_at = float("-inf")
         while not self._stop.is_set():
             try:
                 result = self.relay_once()
+                idle = result.selected < self.batch_size or bool(result.retry)
+                if idle and time.monotonic() - purged_at >= _PURGE_INTERVAL_S:
+                    purged_at = time.monotonic()
+                    self.purge_sent()
             except Exception as exc:  # the relay outlives a database or network outage
                 failures += 1
                 delay = restart_backoff_s(failures, base_s=self.poll_interval_s)
-                logger.error("Outbox relay batch failed (%s); next try in %.1fs", exc, delay, exc_info=failures == 1)
+                reason = log_text(str(exc))
+                logger.error("Outbox relay batch failed (%s); next try in %.1fs", reason, delay, exc_info=failures == 1)
                 self._stop.wait(delay)
                 continue
             failures = 0
-            if result.selected < self.batch_size or result.retry:
+            if idle:
                 self._stop.wait(self.poll_interval_s)
 
     def start(self) -> OutboxRelay:

@@ -289,3 +289,18 @@ def test_a_large_payload_row_is_held_by_a_relay_without_a_payload_store(db, prod
     assert relay.run_until_idle() == 0
     assert "no payload store" in rows(db)[0].last_error and rows(db)[0].failed_at is not None
     assert transport.batches == []
+
+
+def test_rows_sent_longer_ago_than_keep_sent_are_deleted_and_others_kept(db, producer, transport):
+    from datetime import UTC, datetime, timedelta
+
+    engine, _, outbox = db
+    for i in range(3):
+        place(db, producer, f"o-{i}")
+    relay = OutboxRelay(engine=engine, producer=producer, outbox=outbox, keep_sent_s=3600)
+    relay.relay_once()
+    place(db, producer, "pending")
+    corrupt(db, 1, sent_at=datetime.now(UTC) - timedelta(hours=2))
+    assert relay.purge_sent() == 1
+    assert [(row.id, row.sent_at is None) for row in rows(db)] == [(2, False), (3, False), (4, True)]
+    assert OutboxRelay(engine=engine, producer=producer, outbox=outbox, keep_sent_s=None).purge_sent() == 0
