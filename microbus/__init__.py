@@ -1,5 +1,6 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
+from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon
 from microbus.consume.dispatch import (
@@ -25,6 +26,8 @@ from microbus.errors import (
     EndpointUnreachableError,
     FanInStateError,
     IgnoreMessage,
+    LambdaBatchFailedError,
+    LambdaEventError,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
@@ -46,6 +49,7 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -105,6 +109,9 @@ __all__ = [
     "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",
     "callback",
@@ -115,6 +122,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: AWS Lambda
+    "make_lambda_handler",
+    "LambdaHandler",
     # patterns: request/reply
     "Requester",
     "Replier",
@@ -142,6 +152,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "LambdaEventError",
+    "LambdaBatchFailedError",
     "PayloadError",
     "PayloadMissingError",
     "PayloadUnavailableError",
