@@ -10,12 +10,13 @@ from types import FrameType
 
 import click
 
+from microbus.cli.common import CONTEXT_SETTINGS
 from microbus.errors import MicrobusError
 
 logger = logging.getLogger(__name__)
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
 def outbox() -> None:
     """The transactional outbox (needs the outbox extra)."""
 

@@ -1,0 +1,1 @@
+"""Operating microbus: inspect queues and topics, peek at messages, handle dead letters."""
