@@ -16,6 +16,7 @@ import click
 from microbus.cli.common import CONTEXT_SETTINGS, REFERENCE_TOPOLOGY, TOPOLOGY_HELP, MicrobusGroup
 from microbus.cli.dlq import dlq
 from microbus.cli.emulator import emulator
+from microbus.cli.outbox import outbox
 from microbus.cli.produce import produce
 from microbus.cli.queues import peek, stats
 from microbus.consume.daemon import ConsumerDaemon, daemon_options, run_daemon
@@ -43,7 +44,7 @@ def _import_from_the_current_directory() -> None:
         sys.path.insert(0, cwd)
 
 
-for _command in (emulator, produce, stats, peek, dlq):
+for _command in (emulator, produce, stats, peek, dlq, outbox):
     main.add_command(_command)
 
 
