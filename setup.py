@@ -67,6 +67,22 @@ setup(
         "yaml": [
             "PyYAML>=6",
         ],
+        "metrics": [
+            "prometheus-client>=0.17",
+        ],
+        "otel": [
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
+        ],
+        "flask": [
+            "Flask>=2.3",
+        ],
+        "fastapi": [
+            "fastapi>=0.100",
+        ],
+        "outbox": [
+            "SQLAlchemy>=2.0,<3",
+        ],
         "local": [
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
@@ -84,6 +100,15 @@ setup(
             "mypy>=1.10",
             "boto3-stubs[sns,sqs,dynamodb,s3]",
             "types-PyYAML",
+            "prometheus-client>=0.17",
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
+            "Flask>=2.3",
+            "fastapi>=0.100",
+            "httpx>=0.24",
+            "httpx2",
+            "SQLAlchemy>=2.0,<3",
+            "psycopg[binary]>=3.1",
         ],
     },
     entry_points={

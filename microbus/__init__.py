@@ -3,8 +3,9 @@
 __version__ = "0.1.0"
 
 from microbus.aliases import FAMILIAR_NAMES, use_familiar_names
+from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.daemon import ConsumerDaemon
+from microbus.consume.daemon import ConsumerDaemon, register_operations
 from microbus.consume.dispatch import (
     Action,
     Middleware,
@@ -28,6 +29,8 @@ from microbus.errors import (
     EndpointUnreachableError,
     FanInStateError,
     IgnoreMessage,
+    LambdaBatchFailedError,
+    LambdaEventError,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
@@ -49,6 +52,8 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.ops.daemon import DaemonOperations
+from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -60,11 +65,14 @@ from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, r
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
+from microbus.web import DeferredPublishMiddleware, deferred_publish
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
 from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
+
+register_operations(DaemonOperations)  # the composition root: the core never imports the operations layer
 
 __all__ = [
     "__version__",
@@ -111,6 +119,9 @@ __all__ = [
     "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",
     "callback",
@@ -121,9 +132,15 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: AWS Lambda
+    "make_lambda_handler",
+    "LambdaHandler",
     # patterns: request/reply
     "Requester",
     "Replier",
+    # web apps (the outbox is microbus.outbox, with the outbox extra)
+    "deferred_publish",
+    "DeferredPublishMiddleware",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -145,6 +162,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "LambdaEventError",
+    "LambdaBatchFailedError",
     "PayloadError",
     "PayloadMissingError",
     "PayloadUnavailableError",

@@ -54,6 +54,12 @@ class EventKind(Enum):
     """A background activity (``activity``) failed and is being restarted."""
     ACTIVITY_UP = "activity-up"
     """A background activity recovered."""
+    CIRCUIT_OPENED = "circuit-opened"
+    """The circuit breaker opened (``detail`` says why): receiving stops for the cool-down."""
+    CIRCUIT_HALF_OPENED = "circuit-half-opened"
+    """The cool-down is over: one trial message is received."""
+    CIRCUIT_CLOSED = "circuit-closed"
+    """The trial message succeeded: receiving resumes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,8 @@ class LifecycleEvent:
     activity: str | None = None
     error: BaseException | None = None
     detail: str | None = None
+    message: SQSMessage | None = None
+    """The message itself (its ids, cid, attributes and publish time); None for activity events."""
 
 
 class LifecycleObserver(Protocol):
@@ -175,5 +183,6 @@ class Tracked:
             message_id=message.message_id,
             media_type=message.media_type,
             receive_count=message.approximate_receive_count,
+            message=message,
             **details,  # type: ignore[arg-type]
         )

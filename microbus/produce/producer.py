@@ -9,10 +9,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from microcosm.api import defaults
 
@@ -32,6 +33,7 @@ from microbus.wire.context import OpaqueData, forwarded_opaque_data
 from microbus.wire.delivery import DELIVER_AT_KEY, due_time, format_due
 from microbus.wire.payloads import S3PayloadStore, size_attribute
 from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.tracecontext import producer_span, trace_attributes
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
 if TYPE_CHECKING:
@@ -90,6 +92,33 @@ class OutgoingMessage:
     """FIFO topics only: the deduplication id the caller gave, if any."""
     offload: bool = False
     """Over the topic's limit: the body goes to S3 when published, and the message carries a pointer."""
+
+
+class MessageCapture(Protocol):
+    """Takes the messages a producer would publish in this context (a deferred block, an outbox transaction)."""
+
+    def capture(self, producer: SNSProducer, messages: Sequence[OutgoingMessage]) -> None:
+        """Keep ``messages`` (validated and encoded by ``producer``) instead of publishing them now."""
+
+
+_capture: ContextVar[MessageCapture | None] = ContextVar("microbus_message_capture", default=None)
+
+
+def current_capture() -> MessageCapture | None:
+    """The capture that takes this context's publishes (thread or task), None when they go to SNS."""
+    return _capture.get()
+
+
+@contextmanager
+def capturing(capture: MessageCapture | None) -> Iterator[None]:
+    """In the block, :meth:`SNSProducer.publish` and :meth:`~SNSProducer.publish_many` hand their messages to
+    ``capture`` instead of SNS (None: to SNS, e.g. to flush what a capture kept). Context-local: other threads
+    and tasks are not affected; tasks and threads started with a copy of the context are."""
+    token = _capture.set(capture)
+    try:
+        yield
+    finally:
+        _capture.reset(token)
 
 
 def is_fifo_topic(topic_arn: str) -> bool:
@@ -210,7 +239,7 @@ class SNSProducer:
                 _check_fifo_id(deduplication_id, "deduplication id", media_type)
         else:
             message_group_id = deduplication_id = None
-        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}}
+        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}, **trace_attributes()}
         size = message_size(message, attributes)
         limit = self.max_message_bytes(topic_arn) if size > SNS_MAX_MESSAGE_BYTES else SNS_MAX_MESSAGE_BYTES
         offload = size > limit
@@ -300,25 +329,33 @@ class SNSProducer:
             ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             TransportError: SNS could not be reached, or refused, after retries.
         """
-        outgoing = self.create_message(
-            media_type,
-            dct,
-            message_group_id=message_group_id,
-            deduplication_id=deduplication_id,
-            deliver_at=deliver_at,
-            delay=delay,
-            **kwargs,
-        )
-        return self.publish(outgoing)
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            outgoing = self.create_message(
+                media_type,
+                dct,
+                message_group_id=message_group_id,
+                deduplication_id=deduplication_id,
+                deliver_at=deliver_at,
+                delay=delay,
+                **kwargs,
+            )
+            message_id = self.publish(outgoing)
+            if span is not None:
+                span.set_attribute("messaging.message.id", message_id)
+        return message_id
 
     def publish(self, outgoing: OutgoingMessage) -> str:
         """Publish an encoded message, retrying transient failures; return its message id.
 
         To a FIFO topic, the message goes with its group id and deduplication id: the one given, else none
         when the topic has content-based deduplication, else the stamped message id, so that publishing the
-        same message again (a retry) is deduplicated.
+        same message again (a retry) is deduplicated. Inside :func:`capturing`, the capture takes the message
+        and its ``x-microbus-message-id`` is returned (there is no SNS id yet).
         """
         _check_group_ids([outgoing])
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, [outgoing])
+            return str(outgoing.message_id)
         fifo = self._fifo_ids(outgoing.topic_arn, {0: outgoing})
         outgoing = self._offloaded(outgoing)
         if fifo:
@@ -363,19 +400,26 @@ class SNSProducer:
         if deduplication_ids is not None and len(deduplication_ids) != len(contents):
             raise ValueError(f"{len(deduplication_ids)} deduplication ids for {len(contents)} contents")
         dedup_ids = deduplication_ids or [None] * len(contents)
-        return self.publish_many(
-            [
-                self.create_message(
-                    media_type,
-                    content,
-                    message_group_id=message_group_id,
-                    deduplication_id=dedup_id,
-                    deliver_at=deliver_at,
-                    delay=delay,
-                )
-                for content, dedup_id in zip(contents, dedup_ids, strict=True)
-            ]
-        )
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            if span is not None:
+                span.set_attribute("messaging.batch.message_count", len(contents))
+            return self.publish_many(
+                [
+                    self.create_message(
+                        media_type,
+                        content,
+                        message_group_id=message_group_id,
+                        deduplication_id=dedup_id,
+                        deliver_at=deliver_at,
+                        delay=delay,
+                    )
+                    for content, dedup_id in zip(contents, dedup_ids, strict=True)
+                ]
+            )
+
+    def _span_topic(self, media_type: str) -> str:
+        """The topic a media type goes to, for naming its span (empty when none: create_message raises then)."""
+        return self.topic_arns.mappings.get(media_type) or self.topic_arns.default or ""
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish encoded messages with PublishBatch, per topic, in order.
@@ -387,8 +431,13 @@ class SNSProducer:
         Raises:
             ConfigurationError: a message to a FIFO topic has no group id (nothing was sent).
             PublishError: some entries failed after retries.
+
+        Inside :func:`capturing`, the capture takes the messages and their ``x-microbus-message-id`` are returned.
         """
         _check_group_ids(messages)
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, messages)
+            return [str(message.message_id) for message in messages]
         messages = [self._offloaded(outgoing) for outgoing in messages]
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}

@@ -31,6 +31,8 @@ EXPECTED_OUTPUT = {
         "[('o-1', 1299)]",
         "on-target initech False RuntimeError: supplier offline",
         "best price 104",
+        "hello ada",  # the AWS Lambda example
+        "failed: ['nobody']",
     ],
 }
 
