@@ -76,8 +76,11 @@ def test_readme_has_python_blocks_and_they_are_all_collected() -> None:
 
 def test_the_daemon_usage_line_lists_every_option() -> None:
     # Given the usage line README shows for a daemon, and the daemon's real options
-    line = next(line for line in README.read_text().splitlines() if line.startswith("microbus-orders-daemon "))
-    shown = set(re.findall(r"--[a-z][a-z-]*", line))
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("microbus-orders-daemon "))
+    usage = [lines[start]] + [line for line in lines[start + 1 :] if line.startswith("    [")][: len(lines)]
+    usage = usage[: 1 + next((i for i, line in enumerate(usage[1:]) if not line.startswith("    [")), len(usage))]
+    shown = set(re.findall(r"--[a-z][a-z-]*", " ".join(usage)))
     daemon = Path(sys.executable).parent / "microbus-orders-daemon"
     help_text = subprocess.run([str(daemon), "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
     options = set(re.findall(r"^\s+(--[a-z][a-z-]*)", help_text, re.M)) - {"--help"}
