@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["microbus", "microbus.*", "schemas", "schemas.*", "daemons", "daemons.*"]),
     include_package_data=True,
+    package_data={"microbus.ops": ["static/*.html", "static/*.css", "static/*.js"]},
     install_requires=[
         "boto3>=1.28",
         "marshmallow>=3.18,<5",
@@ -25,6 +26,9 @@ setup(
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
         ],
+        "dashboard-test": [
+            "playwright>=1.40",
+        ],
         "dev": [
             "moto[server]>=5.1,<6",
             "pytest>=8",
@@ -34,6 +38,7 @@ setup(
             "boto3-stubs[sns,sqs,dynamodb]",
             "PyYAML>=6",
             "types-PyYAML",
+            "playwright>=1.40",
         ],
     },
     entry_points={

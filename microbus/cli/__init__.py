@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from microbus.cli.dashboard import dashboard
 from microbus.consume.daemon import ConsumerDaemon, daemon_options, run_daemon
 from microbus.errors import MicrobusError
 from microbus.topology import apply_topology, describe_topology, plan_topology, resolve_topology
@@ -26,6 +27,9 @@ T = TypeVar("T")
 @click.group()
 def main() -> None:
     """microbus: media-typed SNS/SQS publish/subscribe."""
+
+
+main.add_command(dashboard)
 
 
 @main.command(context_settings={"show_default": True})

@@ -1,0 +1,403 @@
+"""The live dashboard: a static page and a few JSON endpoints, served by the standard library.
+
+``GET /`` is the page (``static/``: HTML, CSS and JS, no build step); the page polls ``GET /api/overview``
+(topics, subscriptions, queues with depth, in flight and dead letters) and ``GET /api/metrics`` (handled
+counts by media type, from daemons' Prometheus endpoints), and peeks at a queue with ``POST /api/peek``.
+
+Everything the page shows came from the wire and is inserted as text, never as HTML; the Content
+Security Policy allows only the page's own script. The server refuses Host headers other than its own
+address when it listens on loopback (a web page elsewhere cannot reach it through DNS rebinding), and
+peek, which receives messages, needs a JSON request, which a cross-site form or image cannot send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from microbus.errors import MicrobusError, QueueNotFoundError
+from microbus.ops.inspect import all_queue_stats, peek, topics
+from microbus.ops.scrape import handled_by_media_type, read_endpoints
+from microbus.wire.sanitize import log_text, one_line
+from microbus.wire.transport import is_loopback_endpoint
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?|[A-Za-z0-9_-]{1,80}")
+"""An SQS queue name: up to 80 letters, digits, ``-`` and ``_``, a FIFO queue's ending in ``.fifo``."""
+MAX_PEEK = 10
+MAX_PATH = 2048
+MAX_REQUEST_BODY = 4096
+MAX_BODY_CHARS = 256 * 1024
+"""Characters of one peeked body sent to the page (SQS bodies reach 1 MiB)."""
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class DashboardSource(Protocol):
+    """Where the dashboard's figures come from (the live endpoint; a stub in tests)."""
+
+    endpoint: str
+    """How the page names where the figures come from."""
+
+    def overview(self) -> dict[str, Any]:
+        """Topics with their subscriptions and queues with their counts, as JSON-ready data.
+
+        Raises:
+            MicrobusError: the endpoint could not be read.
+        """
+
+    def peek(self, queue_name: str, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` messages of the queue, without consuming them.
+
+        Raises:
+            QueueNotFoundError: no such queue.
+            MicrobusError: the endpoint could not be read.
+        """
+
+
+class LiveSource:
+    """Topics, queues and peeks of an endpoint, read with :mod:`microbus.ops.inspect`.
+
+    Parameters:
+        sqs, sns: boto3 clients (``AWSSettings.client``).
+        endpoint: how the page names the endpoint.
+        queue_prefix: show only the queues whose names start with it.
+        topics_ttl_s: how long one listing of topics and subscriptions (which change rarely, and cost a call
+            per subscription) is shown before it is read again.
+    """
+
+    def __init__(
+        self, *, sqs: Any, sns: Any, endpoint: str, queue_prefix: str | None = None, topics_ttl_s: float = 10.0
+    ) -> None:
+        self.sqs, self.sns = sqs, sns
+        self.endpoint = endpoint
+        self.queue_prefix = queue_prefix
+        self._topics = _Cached(lambda: {"topics": [topic.to_dict() for topic in topics(self.sns)]}, topics_ttl_s)
+
+    def overview(self) -> dict[str, Any]:
+        """``{queues, topics}``; a queue that is another's dead-letter queue says whose.
+
+        Raises:
+            TransportError: SQS or SNS could not be read.
+        """
+        queues = [stats.to_dict() for stats in all_queue_stats(self.sqs, prefix=self.queue_prefix)]
+        sources: dict[str, list[str]] = {}
+        for queue in queues:
+            if queue["dlq_name"]:
+                sources.setdefault(queue["dlq_name"], []).append(queue["name"])
+        for queue in queues:
+            queue["dead_letter_queue_for"] = sources.get(queue["name"], [])
+        return {"queues": queues, **self._topics.get()}
+
+    def peek(self, queue_name: str, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` messages of the queue, received with a short visibility and released at once; a
+        body over :data:`MAX_BODY_CHARS` is cut (``body_truncated`` then holds its length).
+
+        Raises:
+            QueueNotFoundError, TransportError.
+        """
+        return [_bounded(message.to_dict()) for message in peek(self.sqs, queue_name, max_messages=count)]
+
+
+def _bounded(message: dict[str, Any]) -> dict[str, Any]:
+    text = message["raw_body"] if message["body"] is None else json.dumps(message["body"], indent=2)
+    if text is None or len(text) <= MAX_BODY_CHARS:
+        return message
+    return {**message, "body": None, "raw_body": text[:MAX_BODY_CHARS], "body_truncated": len(text)}
+
+
+class ApiError(Exception):
+    """A request the dashboard answers with an error status and a one-sentence reason."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Cached:
+    """The last answer of ``fetch`` for ``ttl_s`` seconds; concurrent callers share one fetch."""
+
+    def __init__(self, fetch: Callable[[], dict[str, Any]], ttl_s: float) -> None:
+        self._fetch, self._ttl_s = fetch, ttl_s
+        self._lock = threading.Lock()
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if self._value is None or time.monotonic() - self._at >= self._ttl_s:
+                self._value, self._at = self._fetch(), time.monotonic()
+            return self._value
+
+
+class Dashboard:
+    """The dashboard's answers, independent of HTTP.
+
+    Parameters:
+        source: topics, queues and peek.
+        metrics_urls: daemons' Prometheus endpoints to read handled counts from.
+        refresh_s: how often the page polls.
+        cache_s: how long one reading of the endpoint serves every page that asks.
+        scrape_timeout_s: how long one metrics endpoint may take to answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: DashboardSource,
+        metrics_urls: Sequence[str] = (),
+        refresh_s: float = 2.0,
+        cache_s: float = 1.0,
+        scrape_timeout_s: float = 2.0,
+    ) -> None:
+        self.source = source
+        self.metrics_urls = tuple(metrics_urls)
+        self.refresh_s = refresh_s
+        self.scrape_timeout_s = scrape_timeout_s
+        self._overview = _Cached(self._read_overview, cache_s)
+        self._metrics = _Cached(self._read_metrics, cache_s)
+        self._peeks = threading.BoundedSemaphore(2)
+
+    def overview(self) -> dict[str, Any]:
+        """``{ok, error, endpoint, generated_at, refresh_s, topics, queues}``; ``ok`` False with the ``error``."""
+        return self._overview.get()
+
+    def metrics(self) -> dict[str, Any]:
+        """``{endpoints: [{url, ok, error, ...}], media_types: [{media_type, outcomes, total, daemons}]}``."""
+        return self._metrics.get()
+
+    def peek(self, queue_name: object, count: object) -> dict[str, Any]:
+        """Peek at ``queue_name`` (validated here: it came from a request).
+
+        Raises:
+            ApiError: a bad name or count (400), no such queue (404), too many peeks at once (503), the
+                endpoint failed (502).
+        """
+        if not isinstance(queue_name, str) or not QUEUE_NAME.fullmatch(queue_name):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{log_text(queue_name, 100)!r} is not an SQS queue name")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PEEK:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"count must be a whole number from 1 to {MAX_PEEK}")
+        if not self._peeks.acquire(timeout=10):
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "too many peeks at once; try again")
+        try:
+            messages = self.source.peek(queue_name, count)
+        except QueueNotFoundError as exc:
+            raise ApiError(HTTPStatus.NOT_FOUND, str(exc)) from exc
+        except MicrobusError as exc:
+            raise ApiError(HTTPStatus.BAD_GATEWAY, str(exc)) from exc
+        finally:
+            self._peeks.release()
+        return {"queue": queue_name, "messages": messages, "peeked_at": _now()}
+
+    def _read_overview(self) -> dict[str, Any]:
+        base = {"endpoint": self.source.endpoint, "generated_at": _now(), "refresh_s": self.refresh_s}
+        try:
+            return {"ok": True, "error": None, **base, **self.source.overview()}
+        except MicrobusError as exc:
+            logger.warning("dashboard: cannot read the endpoint: %s", exc)
+            return {"ok": False, "error": str(exc), **base, "topics": [], "queues": []}
+
+    def _read_metrics(self) -> dict[str, Any]:
+        readings = read_endpoints(self.metrics_urls, timeout_s=self.scrape_timeout_s)
+        return {
+            "generated_at": _now(),
+            "endpoints": [reading.as_json() for reading in readings],
+            "media_types": handled_by_media_type(readings),
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _static(name: str) -> bytes:
+    return (resources.files("microbus.ops") / "static" / name).read_bytes()
+
+
+class DashboardServer(ThreadingHTTPServer):
+    """The dashboard over HTTP: ``DashboardServer(dashboard, host="127.0.0.1", port=0)``; ``url`` says where."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, dashboard: Dashboard, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
+        self.dashboard = dashboard
+        self.host = host
+        bound = self.server_address[1]
+        self.allowed_hosts: frozenset[str] | None = None
+        if is_loopback_endpoint(f"http://{_bracketed(host)}"):
+            names = {"127.0.0.1", "localhost", "[::1]", _bracketed(host)}
+            self.allowed_hosts = frozenset(f"{name}:{bound}" for name in names)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is not an error; anything else is logged with its traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("dashboard: a client closed its connection early")
+        else:
+            logger.exception("dashboard: a request from %s failed", client_address)
+
+    @property
+    def url(self) -> str:
+        """The page's address."""
+        return f"http://{_bracketed(self.host)}:{self.server_address[1]}/"
+
+    @contextmanager
+    def running(self) -> Iterator[DashboardServer]:
+        """Serve on a background thread for the block's duration, then stop and close."""
+        thread = threading.Thread(target=self.serve_forever, name="microbus-dashboard", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.shutdown()
+            self.server_close()
+            thread.join(5)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: DashboardServer
+    server_version = "microbus-dashboard"
+    protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        self._serve(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve(self._post)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT  # noqa: N815
+
+    def _serve(self, handle: Callable[[str], None]) -> None:
+        try:
+            path = self._checked_path()
+            handle(path)
+        except ApiError as exc:
+            self._json({"error": str(exc)}, exc.status)
+        except Exception:
+            logger.exception("dashboard: %s failed", log_text(self.requestline, 120))
+            self._json({"error": "internal error; see the dashboard's log"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _checked_path(self) -> str:
+        if len(self.path) > MAX_PATH:
+            raise ApiError(HTTPStatus.REQUEST_URI_TOO_LONG, f"request target over {MAX_PATH} characters")
+        allowed = self.server.allowed_hosts
+        if allowed is not None and (self.headers.get("Host") or "").lower() not in allowed:
+            raise ApiError(
+                HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header: open the address the server printed"
+            )
+        return urlsplit(self.path).path
+
+    def _get(self, path: str) -> None:
+        dashboard = self.server.dashboard
+        if path in _STATIC:
+            name, content_type = _STATIC[path]
+            self._send(_static(name), content_type, HTTPStatus.OK)
+        elif path == "/api/overview":
+            self._json(dashboard.overview(), HTTPStatus.OK)
+        elif path == "/api/metrics":
+            self._json(dashboard.metrics(), HTTPStatus.OK)
+        elif path == "/api/peek":
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, 'peek is POST /api/peek with {"queue": NAME, "count": N}')
+        else:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such page: {log_text(path, 100)}")
+
+    def _post(self, path: str) -> None:
+        if path != "/api/peek":
+            self._not_allowed(path)
+            return
+        origin = self.headers.get("Origin")
+        if (
+            origin is not None
+            and self.server.allowed_hosts is not None
+            and urlsplit(origin).netloc.lower() not in (self.server.allowed_hosts)
+        ):
+            raise ApiError(HTTPStatus.FORBIDDEN, "cross-origin peek refused")
+        request = self._json_body()
+        answer = self.server.dashboard.peek(request.get("queue"), request.get("count", MAX_PEEK))
+        self._json(answer, HTTPStatus.OK)
+
+    def _json_body(self) -> dict[str, Any]:
+        if (self.headers.get_content_type() or "") != "application/json":
+            raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the request as application/json")
+        length_header = self.headers.get("Content-Length")
+        if length_header is None or not length_header.isdigit():
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length is required")
+        length = int(length_header)
+        if length > MAX_REQUEST_BODY:
+            self.close_connection = True  # the body is not read
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_REQUEST_BODY} bytes")
+        try:
+            request = json.loads(self.rfile.read(length))
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "the request body is not JSON") from exc
+        if not isinstance(request, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
+        return request
+
+    def _not_allowed(self, path: str) -> None:
+        allow = "POST" if path == "/api/peek" else "GET"
+        raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{log_text(self.command, 20)} is not allowed here (use {allow})")
+
+    def _json(self, data: dict[str, Any], status: HTTPStatus) -> None:
+        self._send(json.dumps(data).encode("utf-8"), "application/json", status)
+
+    def _send(self, body: bytes, content_type: str, status: HTTPStatus) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in _SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the standard library detects (a request line over 64 KiB, bad syntax) as JSON too."""
+        self.close_connection = True
+        if not str(getattr(self, "request_version", "")).startswith("HTTP/1."):
+            self.request_version = "HTTP/1.0"  # a status line even for garbage (the standard library sends none)
+        reason = one_line(message or HTTPStatus(code).phrase, 200)
+        self._json({"error": reason}, HTTPStatus(code))
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the standard library's name)
+        logger.debug("dashboard: %s", log_text(format % args, 300))
