@@ -28,7 +28,7 @@ def _metrics_urls(ctx: click.Context, param: click.Parameter, values: tuple[str,
 @click.option("--port", type=click.IntRange(0, 65535), default=8700, help="Port to listen on (0: any free port).")
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators); default: AWS.")
 @click.option("--region", envvar="AWS_DEFAULT_REGION", default="us-east-1")
-@click.option("--queue-prefix", help="Show only queues whose names start with this.")
+@click.option("--prefix", help="Show only queues and topics whose names start with this.")
 @click.option(
     "--metrics",
     "metrics_urls",
@@ -43,7 +43,7 @@ def dashboard(
     port: int,
     endpoint_url: str | None,
     region: str,
-    queue_prefix: str | None,
+    prefix: str | None,
     metrics_urls: tuple[str, ...],
     refresh_s: float,
 ) -> None:
@@ -56,7 +56,7 @@ def dashboard(
             sqs=settings.client("sqs"),
             sns=settings.client("sns"),
             endpoint=endpoint_url or f"AWS {region}",
-            queue_prefix=queue_prefix,
+            prefix=prefix,
         )
         server = DashboardServer(
             Dashboard(source=source, metrics_urls=metrics_urls, refresh_s=refresh_s), host=host, port=port

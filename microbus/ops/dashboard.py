@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from microbus.errors import MicrobusError, QueueNotFoundError
-from microbus.ops.inspect import all_queue_stats, peek, topics
+from microbus.ops.inspect import TopicInfo, all_queue_stats, list_topic_arns, peek, subscriptions, topic_name
 from microbus.ops.scrape import handled_by_media_type, read_endpoints
 from microbus.wire.sanitize import log_text, one_line
 from microbus.wire.transport import is_loopback_endpoint
@@ -43,6 +44,7 @@ MAX_REQUEST_BODY = 4096
 MAX_BODY_CHARS = 256 * 1024
 """Characters of one peeked body sent to the page (SQS bodies reach 1 MiB)."""
 _STATIC = {
+    "/favicon.ico": ("", ""),
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
@@ -88,18 +90,18 @@ class LiveSource:
     Parameters:
         sqs, sns: boto3 clients (``AWSSettings.client``).
         endpoint: how the page names the endpoint.
-        queue_prefix: show only the queues whose names start with it.
+        prefix: show only the queues and topics whose names start with it.
         topics_ttl_s: how long one listing of topics and subscriptions (which change rarely, and cost a call
             per subscription) is shown before it is read again.
     """
 
     def __init__(
-        self, *, sqs: Any, sns: Any, endpoint: str, queue_prefix: str | None = None, topics_ttl_s: float = 10.0
+        self, *, sqs: Any, sns: Any, endpoint: str, prefix: str | None = None, topics_ttl_s: float = 10.0
     ) -> None:
         self.sqs, self.sns = sqs, sns
         self.endpoint = endpoint
-        self.queue_prefix = queue_prefix
-        self._topics = _Cached(lambda: {"topics": [topic.to_dict() for topic in topics(self.sns)]}, topics_ttl_s)
+        self.prefix = prefix
+        self._topics = _Cached(self._read_topics, topics_ttl_s)
 
     def overview(self) -> dict[str, Any]:
         """``{queues, topics}``; a queue that is another's dead-letter queue says whose.
@@ -107,7 +109,7 @@ class LiveSource:
         Raises:
             TransportError: SQS or SNS could not be read.
         """
-        queues = [stats.to_dict() for stats in all_queue_stats(self.sqs, prefix=self.queue_prefix)]
+        queues = [stats.to_dict() for stats in all_queue_stats(self.sqs, prefix=self.prefix)]
         sources: dict[str, list[str]] = {}
         for queue in queues:
             if queue["dlq_name"]:
@@ -115,6 +117,11 @@ class LiveSource:
         for queue in queues:
             queue["dead_letter_queue_for"] = sources.get(queue["name"], [])
         return {"queues": queues, **self._topics.get()}
+
+    def _read_topics(self) -> dict[str, Any]:
+        arns = [arn for arn in list_topic_arns(self.sns) if topic_name(arn).startswith(self.prefix or "")]
+        listed = [TopicInfo(name=topic_name(arn), arn=arn, subscriptions=subscriptions(self.sns, arn)) for arn in arns]
+        return {"topics": [topic.to_dict() for topic in listed]}
 
     def peek(self, queue_name: str, count: int) -> list[dict[str, Any]]:
         """Up to ``count`` messages of the queue, received with a short visibility and released at once; a
@@ -248,7 +255,10 @@ class DashboardServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, dashboard: Dashboard, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__((host, port), _Handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        super().__init__((host, port), _Handler)  # closes itself (server_close) when it cannot bind
         self.dashboard = dashboard
         self.host = host
         bound = self.server_address[1]
@@ -256,6 +266,34 @@ class DashboardServer(ThreadingHTTPServer):
         if is_loopback_endpoint(f"http://{_bracketed(host)}"):
             names = {"127.0.0.1", "localhost", "[::1]", _bracketed(host)}
             self.allowed_hosts = frozenset(f"{name}:{bound}" for name in names)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Track the connection, so that closing the server closes it too (a keep-alive one included)."""
+        with self._connections_lock:
+            closed = self._closed
+            if not closed:
+                self._connections.add(request)
+        if closed:
+            self.shutdown_request(request)
+        else:
+            super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening and end every open connection: a stopped dashboard answers nothing more."""
+        super().server_close()
+        with self._connections_lock:
+            self._closed = True
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its client
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away is not an error; anything else is logged with its traceback."""
@@ -329,7 +367,10 @@ class _Handler(BaseHTTPRequestHandler):
         dashboard = self.server.dashboard
         if path in _STATIC:
             name, content_type = _STATIC[path]
-            self._send(_static(name), content_type, HTTPStatus.OK)
+            if name:
+                self._send(_static(name), content_type, HTTPStatus.OK)
+            else:
+                self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)  # no icon, and no 404 in the console
         elif path == "/api/overview":
             self._json(dashboard.overview(), HTTPStatus.OK)
         elif path == "/api/metrics":

@@ -39,7 +39,7 @@ EXPOSITION = "\n".join(
 def serving(queue: Any, *, metrics_urls: tuple[str, ...] = (), refresh_s: float = 0.5) -> Iterator[DashboardServer]:
     """A dashboard of the queues named like ``queue`` (its DLQ too), on a free loopback port."""
     name = queue.queue_url.rsplit("/", 1)[-1]
-    source = LiveSource(sqs=queue.sqs, sns=queue.sns, endpoint="test", queue_prefix=name, topics_ttl_s=0.5)
+    source = LiveSource(sqs=queue.sqs, sns=queue.sns, endpoint="test", prefix=name, topics_ttl_s=0.5)
     dashboard = Dashboard(source=source, metrics_urls=metrics_urls, refresh_s=refresh_s, cache_s=0.2)
     with DashboardServer(dashboard, port=0).running() as server:
         yield server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -251,7 +252,7 @@ def start_cli(*args, env=None):
 
 
 def test_the_command_serves_until_sigterm(microbus_endpoint):
-    process = start_cli("--queue-prefix", "orders", env=microbus_endpoint.environ())
+    process = start_cli("--prefix", "orders", env=microbus_endpoint.environ())
     try:
         line = process.stdout.readline()
         assert line.startswith("microbus dashboard: http://127.0.0.1:"), line + process.stderr.read()
@@ -294,3 +295,17 @@ def test_the_command_says_when_the_port_is_taken():
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stopped_server_answers_nothing_more_even_on_a_kept_alive_connection(make_queue):
+    with serving(make_queue()) as server:
+        host, port = server.server_address[:2]
+        connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+        connection.request("GET", "/api/overview")
+        assert connection.getresponse().read()
+    try:
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            connection.request("GET", "/api/overview")
+            connection.getresponse().read()
+    finally:
+        connection.close()
