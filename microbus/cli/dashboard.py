@@ -50,7 +50,10 @@ def dashboard(
     """Serve a live page of topics, subscriptions, queue depths and dead letters, handled counts by media type
     (with --metrics), and a queue's messages on request (peeked, not consumed), until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = AWSSettings(endpoint_url=endpoint_url, region_name=region)
+    # short timeouts: a page that waits on a slow endpoint says so instead of hanging
+    settings = AWSSettings(
+        endpoint_url=endpoint_url, region_name=region, connect_timeout_s=3.0, read_timeout_s=10.0, max_attempts=2
+    )
     try:
         source = LiveSource(
             sqs=settings.client("sqs"),

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?|[A-Za-z0-9_-]{1,80}")
 """An SQS queue name: up to 80 letters, digits, ``-`` and ``_``, a FIFO queue's ending in ``.fifo``."""
 MAX_PEEK = 10
+_PEEKS_AT_ONCE = 2
 MAX_PATH = 2048
 MAX_REQUEST_BODY = 4096
 MAX_BODY_CHARS = 256 * 1024
@@ -190,7 +191,7 @@ class Dashboard:
         self.scrape_timeout_s = scrape_timeout_s
         self._overview = _Cached(self._read_overview, cache_s)
         self._metrics = _Cached(self._read_metrics, cache_s)
-        self._peeks = threading.BoundedSemaphore(2)
+        self._peeks = threading.BoundedSemaphore(_PEEKS_AT_ONCE)
 
     def overview(self) -> dict[str, Any]:
         """``{ok, error, endpoint, generated_at, refresh_s, topics, queues}``; ``ok`` False with the ``error``."""
@@ -212,7 +213,7 @@ class Dashboard:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PEEK:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"count must be a whole number from 1 to {MAX_PEEK}")
         if not self._peeks.acquire(timeout=10):
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "too many peeks at once; try again")
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "too many peeks at once (or shutting down); try again")
         try:
             messages = self.source.peek(queue_name, count)
         except QueueNotFoundError as exc:
@@ -222,6 +223,18 @@ class Dashboard:
         finally:
             self._peeks.release()
         return {"queue": queue_name, "messages": messages, "peeked_at": _now()}
+
+    def finish_peeks(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) for running peeks to release their messages, and refuse new ones.
+
+        Returns:
+            Whether every peek finished in time (else their messages reappear after the peek visibility).
+        """
+        deadline = time.monotonic() + timeout_s
+        taken = 0
+        while taken < _PEEKS_AT_ONCE and self._peeks.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        return taken == _PEEKS_AT_ONCE
 
     def _read_overview(self) -> dict[str, Any]:
         base = {"endpoint": self.source.endpoint, "generated_at": _now(), "refresh_s": self.refresh_s}
@@ -316,6 +329,8 @@ class DashboardServer(ThreadingHTTPServer):
             yield self
         finally:
             self.shutdown()
+            if not self.dashboard.finish_peeks(timeout_s=15):
+                logger.warning("dashboard: a peek still running at shutdown; its messages reappear within seconds")
             self.server_close()
             thread.join(5)
 

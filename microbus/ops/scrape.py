@@ -7,8 +7,10 @@ label values are bounded and made printable, and a line that does not parse is c
 
 from __future__ import annotations
 
+import http.client
 import math
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -132,15 +134,50 @@ def check_metrics_url(url: str) -> str:
     return url
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A metrics endpoint answers itself; a redirect is reported as the HTTP status it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+"""No proxy from the environment, no redirects: only the given address is called."""
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _read_bounded(response: Any, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        if time.monotonic() > deadline:
+            raise _TooSlow
+        chunk = response.read1(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def read_endpoint(url: str, *, timeout_s: float = 2.0) -> EndpointReading:
-    """Scrape one endpoint for :data:`HANDLED_METRIC`; failures become ``ok=False`` with the reason."""
+    """Scrape one endpoint for :data:`HANDLED_METRIC`; failures become ``ok=False`` with the reason.
+
+    The whole answer must arrive within twice ``timeout_s`` (an endpoint that drips stays bounded too).
+    """
+    deadline = time.monotonic() + 2 * timeout_s
     try:
         request = urllib.request.Request(check_metrics_url(url), headers={"Accept": "text/plain"})
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
-            body = response.read(MAX_RESPONSE_BYTES + 1)
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            body = _read_bounded(response, deadline)
     except urllib.error.HTTPError as exc:
         return EndpointReading(url, ok=False, error=f"HTTP {exc.code} {one_line(str(exc.reason), 80)}")
-    except (OSError, ValueError) as exc:
+    except _TooSlow:
+        return EndpointReading(url, ok=False, error=f"too slow: no complete answer within {2 * timeout_s:g} s")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return EndpointReading(url, ok=False, error=f"unreachable: {one_line(str(reason), 120)}")
     if len(body) > MAX_RESPONSE_BYTES:

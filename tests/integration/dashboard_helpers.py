@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,23 +45,34 @@ def serving(queue: Any, *, metrics_urls: tuple[str, ...] = (), refresh_s: float 
         yield server
 
 
+def answer(handler: BaseHTTPRequestHandler, text: str, status: int = 200) -> None:
+    """Answer ``text`` with ``status``, as a Prometheus endpoint does."""
+    body = text.encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "text/plain; version=0.0.4")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @contextmanager
-def metrics_endpoint(text: str = EXPOSITION, status: int = 200) -> Iterator[str]:
-    """A Prometheus-like endpoint on loopback answering ``text``; yields its URL."""
+def metrics_endpoint(
+    text: str = EXPOSITION, status: int = 200, respond: Callable[[BaseHTTPRequestHandler], None] | None = None
+) -> Iterator[str]:
+    """A Prometheus-like endpoint on loopback answering ``text`` (or calling ``respond``); yields its URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            body = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            if respond is None:
+                answer(self, text, status)
+            else:
+                respond(self)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
