@@ -42,6 +42,8 @@ MAX_PEEK = 10
 _PEEKS_AT_ONCE = 2
 MAX_PATH = 2048
 MAX_REQUEST_BODY = 4096
+IDLE_TIMEOUT_S = 60
+"""A connection that sends nothing for this long is closed (its thread ends)."""
 MAX_BODY_CHARS = 256 * 1024
 """Characters of one peeked body sent to the page (SQS bodies reach 1 MiB)."""
 _STATIC = {
@@ -343,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "microbus-dashboard"
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S
 
     def version_string(self) -> str:
         return self.server_version
@@ -422,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_REQUEST_BODY} bytes")
         try:
             request = json.loads(self.rfile.read(length))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ApiError(HTTPStatus.BAD_REQUEST, "the request body is not JSON") from exc
         if not isinstance(request, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")

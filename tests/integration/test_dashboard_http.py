@@ -161,6 +161,7 @@ def test_peek_of_a_missing_queue_is_404(make_queue):
         (b"[1, 2]", {}, 400),
         (b'"queue"', {}, 400),
         (b"\xff\xfe", {}, 400),
+        (b"[" * 2000 + b"]" * 2000, {}, 400),
         (b'{"queue": "q"}', {"Content-Type": "text/plain"}, 415),
         (b'{"queue": "q"}', {"Content-Type": "application/x-www-form-urlencoded"}, 415),
         (b'{"queue": "q"}', {"Origin": "http://evil.example"}, 403),
@@ -309,3 +310,10 @@ def test_a_stopped_server_answers_nothing_more_even_on_a_kept_alive_connection(m
             connection.getresponse().read()
     finally:
         connection.close()
+
+
+def test_an_idle_connection_is_closed(make_queue, monkeypatch):
+    monkeypatch.setattr("microbus.ops.dashboard._Handler.timeout", 0.5)
+    with serving(make_queue()) as server, socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /api/overview HTTP/1.1\r\n")  # and then nothing more
+        assert read_all(sock) == b""  # closed by the server, well before the client's own timeout

@@ -6,6 +6,9 @@
   const $ = (id) => document.getElementById(id);
   let refreshMs = 2000;
   let peeking = null;
+  let timer = null;
+  let polling = false;
+  const maxReceives = new Map();
 
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
@@ -56,6 +59,8 @@
   }
 
   function renderQueues(queues) {
+    maxReceives.clear();
+    for (const queue of queues) maxReceives.set(queue.name, queue.max_receive_count);
     const rows = queues.map((queue) => {
       const name = el("td", { dataset: { field: "name" } }, queue.name);
       if (queue.dead_letter_queue_for && queue.dead_letter_queue_for.length) {
@@ -114,13 +119,16 @@
     return (message.raw_body ?? "") + cut;
   }
 
-  function renderMessage(message) {
+  function renderMessage(message, limit) {
     const meta = el("dl", { className: "meta" });
+    const atLimit = limit && message.receive_count >= limit;
     const sent = message.sent_at ? new Date(message.sent_at * 1000).toISOString() : null;
     const reason = message.dead_letter ? message.dead_letter.reason : null;
     for (const [label, value] of [
       ["media type", message.media_type], ["message id", message.message_id],
-      ["SNS message id", message.sns_message_id], ["receive count", message.receive_count],
+      ["SNS message id", message.sns_message_id],
+      ["receive count", atLimit ? `${message.receive_count} of ${limit}: its next receive moves it to the dead-letter queue`
+        : message.receive_count],
       ["size", `${number(message.size)} bytes`], ["sent", sent], ["group", message.message_group_id],
       ["dead-letter reason", reason], ["body", message.body_error],
     ]) {
@@ -151,13 +159,14 @@
       const count = answer.messages.length;
       $("peek-status").textContent = count ? `${count} message${count === 1 ? "" : "s"} (peeked at ${answer.peeked_at})`
         : `no visible message (peeked at ${answer.peeked_at})`;
-      $("peek-messages").replaceChildren(...answer.messages.map(renderMessage));
+      const limit = maxReceives.get(name);
+      $("peek-messages").replaceChildren(...answer.messages.map((message) => renderMessage(message, limit)));
     } catch (error) {
       if (peeking === name) $("peek-status").textContent = `peek failed: ${error.message}`;
     }
   }
 
-  async function poll() {
+  async function refresh() {
     try {
       const overview = await request("/api/overview");
       refreshMs = Math.max(500, overview.refresh_s * 1000);
@@ -174,11 +183,27 @@
       setStatus("dashboard server unreachable", false);
       showError(`The dashboard server did not answer: ${error.message}`);
     }
-    setTimeout(poll, refreshMs);
+  }
+
+  // One poll at a time; a hidden tab makes no calls (visibilitychange starts polling again).
+  async function poll() {
+    clearTimeout(timer);
+    timer = null;
+    if (polling || document.hidden) return;
+    polling = true;
+    try {
+      await refresh();
+    } finally {
+      polling = false;
+    }
+    timer = setTimeout(poll, refreshMs);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     $("peek-close").addEventListener("click", () => { peeking = null; $("peek").hidden = true; });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && timer === null && !polling) poll();
+    });
     poll();
   });
 })();
