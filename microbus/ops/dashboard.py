@@ -194,6 +194,7 @@ class Dashboard:
         self._overview = _Cached(self._read_overview, cache_s)
         self._metrics = _Cached(self._read_metrics, cache_s)
         self._peeks = threading.BoundedSemaphore(_PEEKS_AT_ONCE)
+        self._last_error: str | None = None
 
     def overview(self) -> dict[str, Any]:
         """``{ok, error, endpoint, generated_at, refresh_s, topics, queues}``; ``ok`` False with the ``error``."""
@@ -241,10 +242,16 @@ class Dashboard:
     def _read_overview(self) -> dict[str, Any]:
         base = {"endpoint": self.source.endpoint, "generated_at": _now(), "refresh_s": self.refresh_s}
         try:
-            return {"ok": True, "error": None, **base, **self.source.overview()}
+            overview = {"ok": True, "error": None, **base, **self.source.overview()}
         except MicrobusError as exc:
-            logger.warning("dashboard: cannot read the endpoint: %s", exc)
+            if str(exc) != self._last_error:  # once per new error, not once per poll
+                logger.warning("dashboard: cannot read the endpoint: %s", exc)
+            self._last_error = str(exc)
             return {"ok": False, "error": str(exc), **base, "topics": [], "queues": []}
+        if self._last_error is not None:
+            logger.warning("dashboard: the endpoint answers again")
+            self._last_error = None
+        return overview
 
     def _read_metrics(self) -> dict[str, Any]:
         readings = read_endpoints(self.metrics_urls, timeout_s=self.scrape_timeout_s)

@@ -126,3 +126,25 @@ def test_an_oversized_answer_is_refused(monkeypatch):
     with metrics_endpoint(respond=lambda handler: answer(handler, "#" * 5000)) as url:
         reading = read_endpoint(url)
     assert (reading.ok, reading.error) == (False, "response over 1000 bytes")
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["prometheus-text", "openmetrics"])
+def test_what_prometheus_client_exposes_is_read(openmetrics):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    # Given the counter as the daemons' metrics expose it, with a label value that needs escaping
+    registry = prometheus_client.CollectorRegistry()
+    counter = prometheus_client.Counter(
+        "microbus_messages_handled", "Messages handled", ["daemon", "queue", "media_type", "outcome"], registry=registry
+    )
+    counter.labels("orders", "orders", ORDER, "SUCCEEDED").inc(5)
+    counter.labels("orders", "orders", 'a "quoted"\\type', "FAILED").inc()
+    text = (generate_openmetrics if openmetrics else prometheus_client.generate_latest)(registry).decode()
+    # When it is parsed, then both series are read with their labels, and nothing is malformed
+    samples, malformed = parse_samples(text, [HANDLED_METRIC])
+    assert malformed == 0
+    assert {(s.labels["media_type"], s.labels["outcome"], s.value) for s in samples} == {
+        (ORDER, "SUCCEEDED", 5.0),
+        ('a "quoted"\\type', "FAILED", 1.0),
+    }

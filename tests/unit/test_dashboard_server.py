@@ -49,7 +49,7 @@ def test_pages_polling_at_once_share_one_reading_of_the_endpoint():
     assert source.overviews == 1
 
 
-def test_an_endpoint_failure_is_an_answer_that_says_so_and_is_read_again_later():
+def test_an_endpoint_failure_is_an_answer_that_says_so_and_is_read_again_later(caplog):
     source = StubSource()
     source.fail = TransportError("Cannot reach SQS ListQueues")
     dashboard = Dashboard(source=source, cache_s=0)
@@ -60,8 +60,14 @@ def test_an_endpoint_failure_is_an_answer_that_says_so_and_is_read_again_later()
         [],
         "stub",
     )
+    dashboard.overview()
     source.fail = None
     assert dashboard.overview()["ok"] is True
+    # logged once when it started failing and once when it recovered, not once per poll
+    assert [r.getMessage() for r in caplog.records] == [
+        "dashboard: cannot read the endpoint: Cannot reach SQS ListQueues",
+        "dashboard: the endpoint answers again",
+    ]
 
 
 def test_peek_errors_map_to_statuses():
