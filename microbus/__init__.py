@@ -30,8 +30,13 @@ from microbus.errors import (
     MicrobusError,
     Nack,
     PatternError,
+    PayloadError,
+    PayloadMissingError,
+    PayloadUnavailableError,
     PublishError,
     QueueNotFoundError,
+    RemoteHandlerError,
+    RequestTimeoutError,
     ResponseNotSerializableError,
     ResponseTooLargeError,
     SkipMessage,
@@ -50,8 +55,10 @@ from microbus.patterns.idempotency import (
 )
 from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
+from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 
@@ -65,6 +72,8 @@ __all__ = [
     "AWSSettings",
     "SNSTransport",
     "SQSTransport",
+    "S3PayloadStore",
+    "PayloadPointer",
     # producer and consumer
     "SNSProducer",
     "TopicArns",
@@ -104,6 +113,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: request/reply
+    "Requester",
+    "Replier",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",
@@ -125,6 +137,11 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "PayloadError",
+    "PayloadMissingError",
+    "PayloadUnavailableError",
+    "RequestTimeoutError",
+    "RemoteHandlerError",
     "Nack",
     "SkipMessage",
     "IgnoreMessage",

@@ -45,6 +45,9 @@ class DecodeError(CodecError):
     """
 
     reason = "undecodable"
+    retryable = False
+    """True when the message may decode later (e.g. its offloaded payload could not be fetched now): it is
+    retried with backoff like a failed handler instead of being dead-lettered at once."""
 
 
 class MalformedBodyError(DecodeError):
@@ -75,6 +78,32 @@ class NoHandlerError(DecodeError):
     """The message decoded, but this daemon has no handler for its media type."""
 
     reason = "no-handler"
+
+
+class PayloadError(DecodeError):
+    """An offloaded payload (an S3 pointer in the body) cannot be read: the pointer is malformed, names a bucket
+    this consumer does not read from, or large payloads are not configured."""
+
+    reason = "payload-pointer-invalid"
+
+
+class PayloadMissingError(PayloadError):
+    """The S3 object an offloaded message points to does not exist (deleted, expired, or never written)."""
+
+    reason = "payload-missing"
+
+
+class PayloadUnavailableError(PayloadError):
+    """The S3 object of an offloaded message could not be fetched now (S3 unreachable, throttling, 5xx)."""
+
+    reason = "payload-unavailable"
+    retryable = True
+
+
+class DueTimeError(DecodeError):
+    """The message's due time (``x-microbus-deliver-at``) is not an ISO 8601 time with an offset."""
+
+    reason = "malformed-deliver-at"
 
 
 class TransportError(MicrobusError):
@@ -132,6 +161,18 @@ class PatternError(MicrobusError):
 
 class ResponseTooLargeError(PatternError, MessageTooLargeError):
     """A target's response does not fit in a callback message; return a reference (e.g. an S3 key)."""
+
+
+class RequestTimeoutError(PatternError, TimeoutError):
+    """No reply to a request arrived within its timeout (the request may still be handled, and its reply dropped)."""
+
+
+class RemoteHandlerError(PatternError):
+    """The handler of a request raised; ``error_class`` and the message say what it raised."""
+
+    def __init__(self, message: str, *, error_class: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
 
 
 class ResponseNotSerializableError(PatternError):

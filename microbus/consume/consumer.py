@@ -14,6 +14,7 @@ from microcosm.api import defaults
 
 from microbus.consume.message import SQSMessage, decode_raw_message
 from microbus.errors import ConfigurationError, TransportError
+from microbus.wire.payloads import S3PayloadStore
 from microbus.wire.sanitize import ATTRIBUTE_LIMIT, attribute_text
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import MAX_BATCH, OutgoingMessage, SQSTransport
@@ -70,6 +71,8 @@ class SQSConsumer:
         limit: messages per receive (≤ 10).
         wait_seconds: long-poll wait.
         dead_letter_queue_url: where poison messages go; by default the queue's redrive target.
+        payload_store: fetches offloaded (S3) bodies; with ``delete_after_ack``, deletes each once its message
+            was acked. None: an offloaded message is dead-lettered (reason ``payload-pointer-invalid``).
     """
 
     def __init__(
@@ -80,8 +83,10 @@ class SQSConsumer:
         limit: int = MAX_BATCH,
         wait_seconds: int = 5,
         dead_letter_queue_url: str | None = None,
+        payload_store: S3PayloadStore | None = None,
     ) -> None:
         self.transport = transport
+        self.payload_store = payload_store
         self.schema_registry = schema_registry
         self.limit = limit
         self.wait_seconds = wait_seconds
@@ -105,7 +110,12 @@ class SQSConsumer:
             TransportError: the queue could not be reached or does not exist.
         """
         raw_messages = self.transport.receive(max_messages=limit or self.limit, wait_time_seconds=self.wait_seconds)
-        return [decode_raw_message(raw, schema_registry=self.schema_registry, consumer=self) for raw in raw_messages]
+        return [
+            decode_raw_message(
+                raw, schema_registry=self.schema_registry, consumer=self, payload_store=self.payload_store
+            )
+            for raw in raw_messages
+        ]
 
     def queue_info(self) -> QueueInfo:
         """The queue's live settings (read once, then cached)."""
@@ -115,12 +125,26 @@ class SQSConsumer:
             return self._queue_info
 
     def ack(self, message: SQSMessage) -> None:
-        """Delete one message.
+        """Delete one message (and then its offloaded payload, when configured to).
 
         Raises:
             TransportError: the queue could not be reached, or SQS refused the delete (e.g. a stale receipt
                 handle: the visibility timeout ran out and the message may be handled again elsewhere).
         """
+        self._delete(message)
+        self.acked([message])
+
+    def acked(self, messages: Sequence[SQSMessage]) -> None:
+        """Messages were deleted from the queue: delete their offloaded payloads, when configured to (never
+        before: a message whose delete failed reappears and needs its payload). Never raises."""
+        store = self.payload_store
+        if store is None or not store.delete_after_ack:
+            return
+        for message in messages:
+            if message.payload_pointer is not None:
+                store.delete(message.payload_pointer)
+
+    def _delete(self, message: SQSMessage) -> None:
         failure = self.transport.delete_entries([message.receipt_handle]).get(message.receipt_handle)
         if failure is not None:
             raise TransportError(
@@ -131,6 +155,7 @@ class SQSConsumer:
     def ack_many(self, messages: Sequence[SQSMessage]) -> list[SQSMessage]:
         """Delete messages in batches of 10; return those that could not be deleted."""
         failed = set(self.transport.delete_batch([m.receipt_handle for m in messages]))
+        self.acked([m for m in messages if m.receipt_handle not in failed])
         return [m for m in messages if m.receipt_handle in failed]
 
     def nack(self, message: SQSMessage, visibility_timeout_seconds: int = 0) -> None:
@@ -189,7 +214,7 @@ class SQSConsumer:
         if failure is not None:
             raise TransportError(f"Could not send the dead-letter copy of {message.message_id!r}: {failure.code}")
         try:
-            self.ack(message)
+            self._delete(message)  # the copy points to the same payload: it stays
         except TransportError as exc:
             logger.warning("Dead-letter copy of %r sent, but the original was not deleted: %s", message.message_id, exc)
             return False
@@ -240,4 +265,5 @@ def configure_sqs_consumer(graph: ObjectGraph) -> SQSConsumer:
         limit=int(config.limit),
         wait_seconds=int(config.wait_seconds),
         dead_letter_queue_url=config.dead_letter_queue_url or None,
+        payload_store=graph.payload_store,
     )

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from microbus.errors import (
     SkipMessage,
     TransportError,
 )
+from microbus.wire.delivery import DELIVER_AT_KEY, parse_due
 from microbus.wire.sanitize import log_repr, log_text
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ class Outcome(Enum):
     SKIPPED = ("SKIPPED", logging.INFO, Action.ACK)
     IGNORED = ("IGNORED", logging.DEBUG, Action.ACK)
     RETRIED = ("RETRIED", logging.INFO, Action.RETRY)
+    DEFERRED = ("DEFERRED", logging.DEBUG, Action.RETRY)
+    """Not due yet (``deliver_at``): hidden again until it is, its handler not run."""
     FAILED = ("FAILED", logging.WARNING, Action.RETRY)
     EXPIRED = ("EXPIRED", logging.WARNING, Action.DEAD_LETTER)
     REJECTED = ("REJECTED", logging.WARNING, Action.DEAD_LETTER)
@@ -188,6 +192,7 @@ class SQSMessageDispatcher:
             policy. Messages that exhausted their attempts (EXPIRED) are never deleted: they may succeed once
             the handler is fixed, so the redrive policy keeps them.
         middleware: hooks run around each message, in order (``after_handle`` in reverse order).
+        clock: epoch seconds now; a message due later (``x-microbus-deliver-at``) is hidden again until then.
 
     Raises:
         ConfigurationError: some handlers are idempotent and no middleware guards them (an
@@ -203,6 +208,7 @@ class SQSMessageDispatcher:
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
         middleware: Sequence[Middleware] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if handler_registry.idempotent and not any(m.guards_idempotent_handlers for m in middleware):
             raise ConfigurationError(
@@ -215,6 +221,7 @@ class SQSMessageDispatcher:
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
+        self.clock = clock
 
     def is_async(self, message: SQSMessage) -> bool:
         """True when the message's handler is a coroutine function (run it with :meth:`handle_async`)."""
@@ -229,6 +236,9 @@ class SQSMessageDispatcher:
         through :meth:`handle_async` on the worker's loop instead.
         """
         started = time.monotonic()
+        early = self._not_due(message)
+        if early is not None:
+            return early
         for middleware in self.middleware:
             self._hook(message, None, functools.partial(_sync_hook, middleware.before_handle, message))
         handler, rejected = self._find(message)
@@ -238,6 +248,9 @@ class SQSMessageDispatcher:
     async def handle_async(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Like :meth:`handle`, awaiting the handler and any async middleware hooks."""
         started = time.monotonic()
+        early = self._not_due(message)
+        if early is not None:
+            return early
         for middleware in self.middleware:
             await self._hook_async(message, None, functools.partial(middleware.before_handle, message))
         handler, result = self._find(message)
@@ -256,6 +269,21 @@ class SQSMessageDispatcher:
             await self._hook_async(message, result, functools.partial(middleware.after_handle, message, result))
         self._retry_delay(message, result)
         return result
+
+    def _not_due(self, message: SQSMessage) -> Result | None:
+        """A message that is not due yet is DEFERRED: visible again when due, or in 12 h (SQS's limit), whichever
+        is first; no middleware and no handler run. A malformed due time is REJECTED. None: handle it now."""
+        due_text = message.opaque_data.get(DELIVER_AT_KEY) if message.error is None else None
+        if due_text is None:
+            return None
+        try:
+            remaining = parse_due(due_text).timestamp() - self.clock()
+        except DecodeError as exc:
+            return _result(message, Outcome.REJECTED, reason=exc.reason, error=exc)
+        if remaining <= 0:
+            return None
+        hold = min(MAX_VISIBILITY_S, math.ceil(remaining))
+        return _result(message, Outcome.DEFERRED, retry_after_s=hold, reason=f"due in {remaining:.0f}s")
 
     def _finish(
         self, message: SQSMessage, result: Result, started: float, max_attempts: int | None, *, sync: bool
@@ -357,6 +385,8 @@ class SQSMessageDispatcher:
         return await call.call()
 
     def _reject(self, result: Callable[..., Result], error: DecodeError) -> Result:
+        if error.retryable:  # e.g. its S3 payload could not be fetched now: retried, then dead-lettered
+            return result(Outcome.FAILED, reason=error.reason, error=error)
         unknown = error.reason in ("unknown-media-type", "no-handler")
         if unknown and self.skip_unknown_media_types:
             return result(Outcome.IGNORED, reason=error.reason)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from microbus.errors import DecodeError, MissingMediaTypeError
+from microbus.errors import DecodeError, MissingMediaTypeError, PayloadError
 from microbus.wire.codecs import MESSAGE_ID_KEY
 from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.payloads import PayloadPointer, is_offloaded
 
 if TYPE_CHECKING:
+    from microbus.wire.payloads import S3PayloadStore
     from microbus.wire.schemas import SchemaRegistry
 
 
@@ -44,6 +47,8 @@ class SQSMessage:
     sns_message_id: str | None = None
     message_group_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
+    payload_pointer: PayloadPointer | None = None
+    """Where the body was fetched from, when it was offloaded to S3 (``body`` is then the pointer)."""
 
     def __repr__(self) -> str:
         """Ids and sizes only: never the body, the content, the attributes' values or the receipt handle."""
@@ -97,9 +102,17 @@ class SQSMessage:
 
 
 def decode_raw_message(
-    raw: dict[str, Any], *, schema_registry: SchemaRegistry, consumer: MessageQueue | None = None
+    raw: dict[str, Any],
+    *,
+    schema_registry: SchemaRegistry,
+    consumer: MessageQueue | None = None,
+    payload_store: S3PayloadStore | None = None,
 ) -> SQSMessage:
-    """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content."""
+    """Build an :class:`SQSMessage` from a ReceiveMessage entry; never raises for bad content.
+
+    An offloaded body (an S3 pointer, raw or inside the SNS envelope) is fetched from ``payload_store``; without
+    one, or when the object is missing, ``error`` says why (a :class:`~microbus.errors.PayloadError`).
+    """
     attributes = raw.get("Attributes", {})
     message = SQSMessage(
         consumer=consumer,
@@ -111,7 +124,8 @@ def decode_raw_message(
         message_group_id=attributes.get("MessageGroupId"),
     )
     try:
-        obj, message.topic_arn, message.sns_message_id = unwrap_envelope(message.body)
+        body = _fetched_body(message, payload_store)
+        obj, message.topic_arn, message.sns_message_id = unwrap_envelope(body)
         media_type = obj.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             raise MissingMediaTypeError("Message has no mediaType")
@@ -122,3 +136,33 @@ def decode_raw_message(
     except Exception as exc:  # whatever the content, one message never takes its batch down
         message.error = DecodeError(f"Message could not be decoded: {type(exc).__name__}: {exc}")
     return message
+
+
+def _fetched_body(message: SQSMessage, payload_store: S3PayloadStore | None) -> str:
+    """The body to decode: the message's own, or the offloaded one it points to (raw or enveloped delivery).
+
+    Raises:
+        PayloadError: the body is offloaded and cannot be fetched (see :meth:`S3PayloadStore.get`).
+    """
+    envelope: dict[str, Any] | None = None
+    pointer_text = message.body if is_offloaded(message.message_attributes) else None
+    if pointer_text is None and message.body.startswith("{") and '"Notification"' in message.body:
+        outer = json.loads(message.body)
+        if (
+            isinstance(outer, dict)
+            and outer.get("Type") == "Notification"
+            and is_offloaded(outer.get("MessageAttributes"))
+        ):
+            envelope, pointer_text = outer, outer.get("Message")
+    if pointer_text is None:
+        return message.body
+    pointer = PayloadPointer.from_body(pointer_text if isinstance(pointer_text, str) else "")
+    if payload_store is None:
+        raise PayloadError(
+            "The message's payload was offloaded to S3, and this consumer reads no payloads: set payload_store.bucket"
+        )
+    payload = payload_store.get(pointer)
+    message.payload_pointer = pointer
+    if envelope is None:
+        return payload
+    return json.dumps({**envelope, "Message": payload})

@@ -352,3 +352,5 @@ class BatchAcker:
             logger.warning(
                 "Could not delete message %r (it will be redelivered): %s", tracked.message.message_id, detail
             )
+        else:
+            self.consumer.acked([tracked.message])

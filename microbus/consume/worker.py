@@ -567,6 +567,8 @@ class Worker:
         if self.heartbeat is not None:
             self.heartbeat.untrack(tracked)
         self.observers.emit(tracked.event(kind, self.consumer.queue_url, detail=detail))
+        if kind is EventKind.SETTLED and tracked.result is not None and tracked.result.outcome.action is Action.ACK:
+            self.consumer.acked([tracked.message])  # deleted: now its offloaded payload may go too
         with self._cond:
             self._held -= 1
             if self.capacity - self._held == self._wanted:  # a receive batch fits again

@@ -101,7 +101,9 @@ class ReplyQueues:
 
     A URL matches itself (ignoring a trailing slash); an ARN matches URLs of its account and queue name (and
     region, when the URL names one, as AWS's do); a name matches a URL whose last path segment it is, on the
-    host and account of ``home_queue_url`` (the daemon's own queue) when given, else on any.
+    host and account of ``home_queue_url`` (the daemon's own queue) when given, else on any. A name ending in
+    ``*`` matches every queue name it starts (``microbus-reply-*``: the per-process reply queues of requesters),
+    on the same host and account the same way.
     """
 
     _AWS_REGION = re.compile(r"(?:^|\.)(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.")
@@ -110,7 +112,9 @@ class ReplyQueues:
         self.entries = tuple(e.strip() for e in entries if e and e.strip())
         self._home = _host_and_account(home_queue_url) if home_queue_url else None
         self._urls = {e.rstrip("/") for e in self.entries if "://" in e}
-        self._names = {e for e in self.entries if "://" not in e and not e.startswith("arn:")}
+        names = {e for e in self.entries if "://" not in e and not e.startswith("arn:")}
+        self._names = {e for e in names if not e.endswith("*")}
+        self._prefixes = tuple(e[:-1] for e in names if e.endswith("*") and len(e) > 1)
         self._arns: set[tuple[str, str, str]] = set()
         for entry in self.entries:
             parts = entry.split(":")
@@ -128,7 +132,7 @@ class ReplyQueues:
         if parts is None:
             return False
         host, region, account, name = parts
-        if name in self._names:
+        if name in self._names or name.startswith(self._prefixes):
             return self._home is None or self._home == (host, account)
         if region is None:
             found = self._AWS_REGION.search(host)

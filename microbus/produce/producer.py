@@ -9,7 +9,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +28,8 @@ from microbus.errors import (
     TransportError,
 )
 from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec, merge_content
+from microbus.wire.delivery import DELIVER_AT_KEY, due_time, format_due
+from microbus.wire.payloads import S3PayloadStore, size_attribute
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
@@ -84,6 +87,8 @@ class OutgoingMessage:
     """FIFO topics only: the message group (None for a standard topic)."""
     deduplication_id: str | None = None
     """FIFO topics only: the deduplication id the caller gave, if any."""
+    offload: bool = False
+    """Over the topic's limit: the body goes to S3 when published, and the message carries a pointer."""
 
 
 def is_fifo_topic(topic_arn: str) -> bool:
@@ -114,6 +119,9 @@ class SNSProducer:
         group_ids: per media type, the message group id of messages to FIFO topics: the name of a content
             field, or a function of the content. An explicit ``message_group_id=`` wins over it; it wins over
             the schema's ``MESSAGE_GROUP_ID_FIELD``.
+        payload_store: where messages over the topic's limit go (S3, in the extended clients' format); None
+            (the default): such messages raise :class:`MessageTooLargeError`.
+        clock: the current time (delivery times are computed from it).
     """
 
     def __init__(
@@ -126,6 +134,8 @@ class SNSProducer:
         max_attempts: int = 3,
         retry_base_s: float = 0.2,
         group_ids: Mapping[str, GroupIdSource] | None = None,
+        payload_store: S3PayloadStore | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.transport = transport
         self.schema_registry = schema_registry
@@ -134,7 +144,9 @@ class SNSProducer:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.group_ids = dict(group_ids or {})
-        self._content_based_deduplication: dict[str, bool] = {}
+        self.payload_store = payload_store
+        self.clock = clock
+        self._topic_attributes: dict[str, dict[str, str]] = {}
 
     def create_message(
         self,
@@ -145,6 +157,8 @@ class SNSProducer:
         *,
         message_group_id: str | None = None,
         deduplication_id: str | None = None,
+        deliver_at: datetime | None = None,
+        delay: timedelta | None = None,
         **kwargs: Any,
     ) -> OutgoingMessage:
         """Validate and encode a message without sending it.
@@ -160,12 +174,15 @@ class SNSProducer:
 
         For a FIFO topic the message group id is ``message_group_id``, else the producer's ``group_ids`` entry
         for the media type, else the schema's ``MESSAGE_GROUP_ID_FIELD``; both ids are ignored for a standard
-        topic. Nothing here calls the network.
+        topic. ``deliver_at`` (an aware datetime) or ``delay`` makes the message due later: consumers hold it
+        until then (``x-microbus-deliver-at`` in the opaque data). Nothing here calls the network, except for a
+        message over 256 KiB: the topic's attributes are read (once per topic) for a larger ``MaximumMessageSize``.
 
         Raises:
             UnknownMediaTypeError, MessageValidationError, MessageTooLargeError, TopicNotDefinedError;
             ConfigurationError: a FIFO topic, and no way to find the message group id.
         """
+        due = due_time(deliver_at=deliver_at, delay=delay, now=self.clock())
         topic_arn = self.topic_arns.choose(media_type)
         codec = self.schema_registry.find(media_type)
         given = {key: value for key, value in (("uri", uri), ("opaque_data", opaque_data)) if value is not None}
@@ -179,6 +196,8 @@ class SNSProducer:
         opaque.update(callers_opaque)
         opaque[PUBLISHED_KEY] = str(time.time())
         opaque[MESSAGE_ID_KEY] = message_id = uuid.uuid4().hex
+        if due is not None:
+            opaque[DELIVER_AT_KEY] = format_due(due)
         message = codec.encode(content, media_type=media_type, opaque_data=opaque)
         if is_fifo_topic(topic_arn):
             message_group_id = self._message_group_id(codec, topic_arn, content, message, message_group_id)
@@ -188,10 +207,12 @@ class SNSProducer:
             message_group_id = deduplication_id = None
         attributes = {"media_type": {"DataType": "String", "StringValue": media_type}}
         size = message_size(message, attributes)
-        if size > SNS_MAX_MESSAGE_BYTES:
+        limit = self.max_message_bytes(topic_arn) if size > SNS_MAX_MESSAGE_BYTES else SNS_MAX_MESSAGE_BYTES
+        offload = size > limit
+        if offload and self.payload_store is None:
             raise MessageTooLargeError(
-                f"{media_type} message is {size} bytes, over the SNS limit of {SNS_MAX_MESSAGE_BYTES}: "
-                "send a reference (e.g. an S3 key) instead of the payload"
+                f"{media_type} message is {size} bytes, over the SNS limit of {limit}: send a reference (e.g. an "
+                "S3 key) instead of the payload, or turn on large payloads (large_payloads.bucket)"
             )
         return OutgoingMessage(
             media_type,
@@ -201,7 +222,29 @@ class SNSProducer:
             message_id=message_id,
             message_group_id=message_group_id,
             deduplication_id=deduplication_id,
+            offload=offload,
         )
+
+    def max_message_bytes(self, topic_arn: str) -> int:
+        """The largest message a topic takes: its ``MaximumMessageSize`` attribute when it has one, else 256 KiB.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            TransportError: SNS could not be reached, after retries.
+        """
+        value = self.topic_attributes(topic_arn).get("MaximumMessageSize", "")
+        return int(value) if value.isdigit() else SNS_MAX_MESSAGE_BYTES
+
+    def _offloaded(self, outgoing: OutgoingMessage) -> OutgoingMessage:
+        """The message to publish: itself, or (over the limit) a pointer to its body, stored in S3 first."""
+        if not outgoing.offload:
+            return outgoing
+        assert self.payload_store is not None
+        pointer = self.payload_store.put(outgoing.message)
+        size = len(outgoing.message.encode("utf-8", "surrogatepass"))
+        attributes = {**outgoing.message_attributes, **size_attribute(size)}
+        logger.debug("Offloaded a %d-byte %s message to S3", size, outgoing.media_type)
+        return replace(outgoing, message=pointer.to_body(), message_attributes=attributes, offload=False)
 
     def _message_group_id(
         self, codec: PubSubMessageCodec, topic_arn: str, content: dict[str, Any], message: str, explicit: str | None
@@ -234,22 +277,32 @@ class SNSProducer:
         *,
         message_group_id: str | None = None,
         deduplication_id: str | None = None,
+        deliver_at: datetime | None = None,
+        delay: timedelta | None = None,
         **kwargs: Any,
     ) -> str:
         """Validate and publish one message; return its SNS message id.
 
         Content may be a dict, keyword arguments, or both; ``uri`` and ``opaque_data`` are optional.
-        ``message_group_id`` and ``deduplication_id`` are for FIFO topics (see :meth:`create_message`).
+        ``message_group_id`` and ``deduplication_id`` are for FIFO topics; ``deliver_at`` or ``delay`` make it
+        due later (see :meth:`create_message`).
 
         Raises:
             MessageValidationError: a field is missing or wrong (nothing was sent).
-            MessageTooLargeError: the message is over 256 KiB (nothing was sent).
+            MessageTooLargeError: the message is over the topic's limit, and large payloads are off (nothing
+                was sent).
             TopicNotDefinedError: no topic is configured for the media type.
             ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             TransportError: SNS could not be reached, or refused, after retries.
         """
         outgoing = self.create_message(
-            media_type, dct, message_group_id=message_group_id, deduplication_id=deduplication_id, **kwargs
+            media_type,
+            dct,
+            message_group_id=message_group_id,
+            deduplication_id=deduplication_id,
+            deliver_at=deliver_at,
+            delay=delay,
+            **kwargs,
         )
         return self.publish(outgoing)
 
@@ -262,6 +315,7 @@ class SNSProducer:
         """
         _check_group_ids([outgoing])
         fifo = self._fifo_ids(outgoing.topic_arn, {0: outgoing})
+        outgoing = self._offloaded(outgoing)
         if fifo:
             group_id, dedup_id = fifo[0]
             message_id = self._retrying(
@@ -287,11 +341,14 @@ class SNSProducer:
         *,
         message_group_id: str | None = None,
         deduplication_ids: Sequence[str | None] | None = None,
+        deliver_at: datetime | None = None,
+        delay: timedelta | None = None,
     ) -> list[str]:
         """Validate all, then publish in batches (see :meth:`publish_many`); return the message ids in order.
 
         For a FIFO topic, ``message_group_id`` is the group of every message (else each message's group comes
-        from ``group_ids`` or the schema), and ``deduplication_ids`` runs parallel to ``contents``.
+        from ``group_ids`` or the schema), and ``deduplication_ids`` runs parallel to ``contents``. ``deliver_at``
+        or ``delay`` applies to every message.
 
         Raises:
             MessageValidationError: one of the contents is invalid (nothing was sent).
@@ -303,7 +360,14 @@ class SNSProducer:
         dedup_ids = deduplication_ids or [None] * len(contents)
         return self.publish_many(
             [
-                self.create_message(media_type, content, message_group_id=message_group_id, deduplication_id=dedup_id)
+                self.create_message(
+                    media_type,
+                    content,
+                    message_group_id=message_group_id,
+                    deduplication_id=dedup_id,
+                    deliver_at=deliver_at,
+                    delay=delay,
+                )
                 for content, dedup_id in zip(contents, dedup_ids, strict=True)
             ]
         )
@@ -320,6 +384,7 @@ class SNSProducer:
             PublishError: some entries failed after retries.
         """
         _check_group_ids(messages)
+        messages = [self._offloaded(outgoing) for outgoing in messages]
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}
         for topic_arn, indexes in _group_by_topic(messages).items():
@@ -388,7 +453,16 @@ class SNSProducer:
             TopicNotFoundError: the topic does not exist.
             TransportError: SNS could not be reached, after retries.
         """
-        known = self._content_based_deduplication.get(topic_arn)
+        return self.topic_attributes(topic_arn).get("ContentBasedDeduplication", "false").lower() == "true"
+
+    def topic_attributes(self, topic_arn: str) -> dict[str, str]:
+        """A topic's attributes, read once per topic, then cached; empty without permission to read them.
+
+        Raises:
+            TopicNotFoundError: the topic does not exist.
+            TransportError: SNS could not be reached, after retries.
+        """
+        known = self._topic_attributes.get(topic_arn)
         if known is not None:
             return known
         try:
@@ -397,15 +471,14 @@ class SNSProducer:
             raise
         except TransportError as exc:
             logger.warning(
-                "Cannot read the attributes of %s (%s): sending the message id as deduplication id, as if "
-                "ContentBasedDeduplication were off",
+                "Cannot read the attributes of %s (%s): taking ContentBasedDeduplication as off and the "
+                "message size limit as 256 KiB",
                 topic_arn,
                 exc,
             )
             attributes = {}
-        derived = attributes.get("ContentBasedDeduplication", "false").lower() == "true"
-        self._content_based_deduplication[topic_arn] = derived
-        return derived
+        self._topic_attributes[topic_arn] = attributes
+        return attributes
 
     def _retrying(self, call: Callable[[], T]) -> T:
         for attempt in range(1, self.max_attempts + 1):
@@ -553,4 +626,20 @@ def configure_sns_producer(graph: ObjectGraph) -> SNSProducer:
         max_attempts=int(config.max_attempts),
         retry_base_s=float(config.retry_base_s),
         group_ids={str(media_type): str(name) for media_type, name in dict(config.group_ids or {}).items()},
+        payload_store=graph.payload_store,
+    )
+
+
+@defaults(bucket=None, key_prefix="", delete_after_ack=False)
+def configure_payload_store(graph: ObjectGraph) -> S3PayloadStore | None:
+    """microcosm factory: ``graph.payload_store``, the S3 store of large payloads; None (off) without
+    ``payload_store.bucket``. ``payload_store.delete_after_ack`` deletes an object once its message was acked."""
+    config = graph.config.payload_store
+    if not config.bucket:
+        return None
+    return S3PayloadStore(
+        client=graph.s3_client,
+        bucket=str(config.bucket),
+        key_prefix=str(config.key_prefix or ""),
+        delete_after_ack=str(config.delete_after_ack).strip().lower() in ("1", "true", "yes", "on"),
     )

@@ -243,13 +243,16 @@ class _NotAnAWSResponse(BotoCoreError):
 
 
 def _refuse_non_aws_response(operation_model: Any, response_dict: dict[str, Any], **kwargs: Any) -> None:
-    """botocore ``before-parse`` hook: an HTML answer is some other web server, not SNS/SQS/DynamoDB/S3."""
+    """botocore ``before-parse`` hook: an HTML answer is some other web server, not SNS/SQS/DynamoDB/S3.
+
+    An empty body is no HTML page: moto answers S3's CreateBucket, PutObject and DeleteObject that way.
+    """
     if getattr(operation_model, "has_streaming_output", False):
         return  # an S3 object may well be an HTML page
     status = int(response_dict.get("status_code") or 0)
     headers = response_dict.get("headers") or {}
     content_type = str(headers.get("content-type") or headers.get("Content-Type") or "")
-    if status < 500 and content_type.lower().startswith("text/html"):
+    if status < 500 and content_type.lower().startswith("text/html") and response_dict.get("body"):
         raise _NotAnAWSResponse(status=status, content_type=content_type.split(";", 1)[0])
 
 
@@ -596,3 +599,8 @@ def configure_sns_client(graph: ObjectGraph) -> Any:
 def configure_dynamodb_client(graph: ObjectGraph) -> Any:
     """microcosm factory: ``graph.dynamodb_client``."""
     return graph.aws.client("dynamodb")
+
+
+def configure_s3_client(graph: ObjectGraph) -> Any:
+    """microcosm factory: ``graph.s3_client`` (large payloads)."""
+    return graph.aws.client("s3")

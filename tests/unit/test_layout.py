@@ -19,6 +19,8 @@ PUBLIC = {
     "QueueNotFoundError", "TopicNotFoundError", "PublishError", "PatternError", "ResponseTooLargeError",
     "ResponseNotSerializableError", "FanInStateError", "Nack", "SkipMessage", "IgnoreMessage", "LifecycleEvent",
     "LifecycleObserver", "EventKind", "MessageState", "FanOutPublishError", "AccessDeniedError",
+    "S3PayloadStore", "PayloadPointer", "Requester", "Replier", "PayloadError", "PayloadMissingError",
+    "PayloadUnavailableError", "RequestTimeoutError", "RemoteHandlerError",
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
