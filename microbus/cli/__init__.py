@@ -1,17 +1,24 @@
-"""The ``microbus`` command: run a daemon class, start the embedded emulator, run the demo, manage topology."""
+"""The ``microbus`` command: run a daemon class, the embedded emulator, the demo; topology; produce, stats, peek,
+dead letters."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from microbus.cli.common import CONTEXT_SETTINGS, REFERENCE_TOPOLOGY, TOPOLOGY_HELP, MicrobusGroup
 from microbus.cli.dashboard import dashboard
+from microbus.cli.dlq import dlq
+from microbus.cli.emulator import emulator
+from microbus.cli.produce import produce
+from microbus.cli.queues import peek, stats
 from microbus.consume.daemon import ConsumerDaemon, daemon_options, run_daemon
 from microbus.errors import MicrobusError
 from microbus.topology import apply_topology, describe_topology, plan_topology, resolve_topology
@@ -19,17 +26,26 @@ from microbus.topology.describe import describe_lines
 from microbus.topology.policy import ArnBuilder, iam_policies
 from microbus.wire.transport import AWSSettings, translate_errors
 
-REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
-TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
 T = TypeVar("T")
 
 
-@click.group()
+@click.group(cls=MicrobusGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="microbus", prog_name="microbus")
 def main() -> None:
     """microbus: media-typed SNS/SQS publish/subscribe."""
+    _import_from_the_current_directory()
 
 
-main.add_command(dashboard)
+def _import_from_the_current_directory() -> None:
+    """Put the current directory first on the module path, as ``python -m`` does (a console script has its
+    own directory there instead), so ``microbus run myorders:OrdersDaemon`` finds ``./myorders.py``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+for _command in (emulator, produce, stats, peek, dlq, dashboard):
+    main.add_command(_command)
 
 
 @main.command(context_settings={"show_default": True})
@@ -45,25 +61,6 @@ def run(target: str, **options: Any) -> None:
     if not (isinstance(cls, type) and issubclass(cls, ConsumerDaemon)):
         raise click.BadParameter(f"{target!r} is not a ConsumerDaemon subclass", param_hint="TARGET")
     run_daemon(cls, **options)
-
-
-@main.command()
-@click.option("--topology", "reference", default=REFERENCE_TOPOLOGY, show_default=True, help=TOPOLOGY_HELP)
-@click.option("--no-topology", is_flag=True, help="Start empty: create no topology.")
-def emulator(reference: str, no_topology: bool) -> None:
-    """Start the embedded moto server, create the topology, print the endpoint, and serve until Ctrl-C."""
-    from microbus.testing.emulator import EmbeddedEmulator
-
-    with EmbeddedEmulator() as embedded:
-        click.echo(embedded.endpoint_url)
-        if not no_topology:
-            applied = _run(lambda: embedded.apply(resolve_topology(reference)))
-            click.echo(json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}))
-            click.echo(f"topology {reference}: {applied.plan.summary()}", err=True)
-        try:
-            sys.stdin.read() if not sys.stdin.isatty() else click.pause(info="Ctrl-C to stop")
-        except KeyboardInterrupt:
-            pass
 
 
 @main.command()

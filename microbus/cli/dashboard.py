@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
 import click
 
-from microbus.errors import MicrobusError
+from microbus.cli.common import CONTEXT_SETTINGS, aws_options
 from microbus.ops.dashboard import Dashboard, DashboardServer, LiveSource
 from microbus.ops.scrape import check_metrics_url
 from microbus.wire.transport import AWSSettings
@@ -23,11 +23,10 @@ def _metrics_urls(ctx: click.Context, param: click.Parameter, values: tuple[str,
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={**CONTEXT_SETTINGS, "show_default": True})
 @click.option("--host", default="127.0.0.1", help="Address to listen on (anyone who reaches it can peek).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8700, help="Port to listen on (0: any free port).")
-@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint (emulators); default: AWS.")
-@click.option("--region", envvar="AWS_DEFAULT_REGION", default="us-east-1")
+@aws_options
 @click.option("--prefix", help="Show only queues and topics whose names start with this.")
 @click.option(
     "--metrics",
@@ -41,8 +40,7 @@ def _metrics_urls(ctx: click.Context, param: click.Parameter, values: tuple[str,
 def dashboard(
     host: str,
     port: int,
-    endpoint_url: str | None,
-    region: str,
+    settings: AWSSettings,
     prefix: str | None,
     metrics_urls: tuple[str, ...],
     refresh_s: float,
@@ -50,29 +48,22 @@ def dashboard(
     """Serve a live page of topics, subscriptions, queue depths and dead letters, handled counts by media type
     (with --metrics), and a queue's messages on request (peeked, not consumed), until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # short timeouts: a page that waits on a slow endpoint says so instead of hanging
-    settings = AWSSettings(
-        endpoint_url=endpoint_url, region_name=region, connect_timeout_s=3.0, read_timeout_s=10.0, max_attempts=2
+    # short timeouts: a page waiting on a slow endpoint says so instead of hanging
+    settings = dataclasses.replace(settings, connect_timeout_s=3.0, read_timeout_s=10.0, max_attempts=2)
+    source = LiveSource(
+        sqs=settings.client("sqs"),
+        sns=settings.client("sns"),
+        endpoint=settings.endpoint_url or f"AWS {settings.region_name}",
+        prefix=prefix,
     )
     try:
-        source = LiveSource(
-            sqs=settings.client("sqs"),
-            sns=settings.client("sns"),
-            endpoint=endpoint_url or f"AWS {region}",
-            prefix=prefix,
-        )
         server = DashboardServer(
             Dashboard(source=source, metrics_urls=metrics_urls, refresh_s=refresh_s), host=host, port=port
         )
     except OSError as exc:
-        click.echo(
-            f"microbus dashboard: cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port",
-            err=True,
-        )
-        sys.exit(2)
-    except MicrobusError as exc:
-        click.echo(f"microbus dashboard: {exc}", err=True)
-        sys.exit(2)
+        raise click.UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port"
+        ) from exc
     if server.allowed_hosts is None:
         click.echo(f"microbus dashboard: listening on {host}: anyone who can reach it can peek at messages", err=True)
     stop = threading.Event()

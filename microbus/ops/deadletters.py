@@ -45,7 +45,7 @@ REDRIVE_VISIBILITY_S = 300
 """How long a dead letter being redriven (or skipped by a filter) is held; skipped ones are released at the end."""
 _MOVE_TASK_MISSING = {"UnsupportedOperation", "InvalidAction", "NotImplemented", "InternalFailure", "500"}
 ProgressCallback = Callable[[int, int | None], None]
-"""Called with (messages done so far, total expected or None) as a redrive goes."""
+"""Called with (dead letters processed so far: moved, left or refused; total expected or None) as a redrive goes."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,8 @@ def _copy_and_delete(
 ) -> RedriveResult:
     source_url = str(dlq.source_url)
     result = RedriveResult(path=COPY_AND_DELETE, source_url=source_url, dead_letter_queue_url=dlq.url)
-    total = None if max_messages is not None else _depth(sqs, dlq.url)
+    depth = _depth(sqs, dlq.url)
+    total = depth if max_messages is None else min(depth, max_messages)
     held: list[str] = []  # skipped or refused: released at the end
     pending: list[str] = []  # chosen, not yet confirmed deleted: released too if the redrive stops on an error
     limit = max_messages if max_messages is not None else 10**9
@@ -291,7 +292,7 @@ def _copy_and_delete(
             held.extend(_copy_batch(sqs, source_url, dlq, chosen, result))
             pending = []
             if on_progress is not None:
-                on_progress(result.moved, total)
+                on_progress(result.moved + result.skipped + result.failed, total)
             if result.moved >= limit:
                 break
     finally:

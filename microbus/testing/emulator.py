@@ -91,23 +91,25 @@ class EmbeddedEmulator(Endpoint):
 
     kind = "moto"
 
-    def __init__(self, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, start_timeout_s: float = 30.0, port: int = 0) -> None:
         super().__init__()
         self.start_timeout_s = start_timeout_s
+        self.port = port
+        """The loopback port to serve on; 0 picks a free one."""
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> str:
         """Start the server and return its endpoint URL once it answers.
 
         Raises:
-            ConfigurationError: moto is not installed, or the server did not come up.
+            ConfigurationError: moto is not installed, the port is in use, or the server did not come up.
         """
         try:
             import moto.server  # noqa: F401
         except ImportError as exc:
             raise ConfigurationError("The embedded emulator needs moto: pip install 'microbus[local]'") from exc
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "microbus.testing.emulator"],
+            [sys.executable, "-m", "microbus.testing.emulator", str(self.port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -117,10 +119,20 @@ class EmbeddedEmulator(Endpoint):
         line = self._process.stdout.readline().strip()
         if not line.isdigit():
             self.stop()
+            if line.startswith(_IN_USE):
+                raise ConfigurationError(
+                    f"The embedded moto server cannot listen on 127.0.0.1 port {self.port}: it is in use; "
+                    "choose another port (0 picks a free one)"
+                )
             raise ConfigurationError(f"The embedded moto server did not start (it printed {line!r})")
         self.endpoint_url = f"http://127.0.0.1:{line}"
         self._wait_ready()
         return self.endpoint_url
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is started and has not exited."""
+        return self._process is not None and self._process.poll() is None
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -204,16 +216,41 @@ def _serialize_sqs_receives() -> None:
     SQSBackend.receive_message = serialized  # type: ignore[method-assign]
 
 
-def _serve() -> None:
-    """Child process: serve on a free loopback port, print it, exit when stdin closes."""
-    import logging
+_IN_USE = "in-use"
 
+
+def _port_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be listened on (moto's server thread would hang on a port in use)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _serve(port: int = 0) -> None:
+    """Child process: serve on a loopback port (0: a free one), print it, exit when stdin closes.
+
+    Ctrl-C in a terminal reaches the whole process group: the child leaves it to its parent, which stops
+    it by closing its stdin.
+    """
+    import logging
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if port and not _port_free(port):
+        print(_IN_USE, flush=True)
+        return
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     _serialize_dynamodb()
     _serialize_sqs_receives()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print(server.get_host_and_port()[1], flush=True)
     sys.stdin.read()
@@ -221,4 +258,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -277,7 +277,14 @@ def test_the_command_serves_until_sigterm(microbus_endpoint):
 
 @pytest.mark.parametrize(
     "args",
-    [("--metrics", "file:///etc/passwd"), ("--metrics", "not a url"), ("--port", "70000"), ("--refresh", "0")],
+    [
+        ("--metrics", "file:///etc/passwd"),
+        ("--metrics", "not a url"),
+        ("--port", "70000"),
+        ("--refresh", "0"),
+        ("--region", "nowhere"),
+        ("--endpoint-url", "not-a-url"),
+    ],
 )
 def test_the_command_refuses_bad_options_with_exit_2(args):
     result = subprocess.run([MICROBUS, "dashboard", *args], capture_output=True, text=True, timeout=60)
