@@ -216,7 +216,7 @@ class Dashboard:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PEEK:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"count must be a whole number from 1 to {MAX_PEEK}")
         if not self._peeks.acquire(timeout=10):
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "too many peeks at once (or shutting down); try again")
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "too many peeks at once; try again")
         try:
             messages = self.source.peek(queue_name, count)
         except QueueNotFoundError as exc:
@@ -226,18 +226,6 @@ class Dashboard:
         finally:
             self._peeks.release()
         return {"queue": queue_name, "messages": messages, "peeked_at": _now()}
-
-    def finish_peeks(self, timeout_s: float) -> bool:
-        """Wait (at most ``timeout_s``) for running peeks to release their messages, and refuse new ones.
-
-        Returns:
-            Whether every peek finished in time (else their messages reappear after the peek visibility).
-        """
-        deadline = time.monotonic() + timeout_s
-        taken = 0
-        while taken < _PEEKS_AT_ONCE and self._peeks.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            taken += 1
-        return taken == _PEEKS_AT_ONCE
 
     def _read_overview(self) -> dict[str, Any]:
         base = {"endpoint": self.source.endpoint, "generated_at": _now(), "refresh_s": self.refresh_s}
@@ -280,6 +268,9 @@ class DashboardServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._closed = False
+        self._requests = threading.Condition()
+        self._running_requests = 0
+        self._stopping = False
         super().__init__((host, port), _Handler)  # closes itself (server_close) when it cannot bind
         self.dashboard = dashboard
         self.host = host
@@ -288,6 +279,40 @@ class DashboardServer(ThreadingHTTPServer):
         if is_loopback_endpoint(f"http://{_bracketed(host)}"):
             names = {"127.0.0.1", "localhost", "[::1]", _bracketed(host)}
             self.allowed_hosts = frozenset(f"{name}:{bound}" for name in names)
+
+    def finish_requests(self, timeout_s: float) -> bool:
+        """Refuse new requests (503) and wait, at most ``timeout_s``, for the running ones to be answered: a
+        peek releases its messages and gets its answer out.
+
+        Returns:
+            Whether every request finished in time.
+        """
+        with self._requests:
+            self._stopping = True
+            return self._requests.wait_for(lambda: self._running_requests == 0, timeout=timeout_s)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`finish_requests` was called (new requests are refused)."""
+        with self._requests:
+            return self._stopping
+
+    @contextmanager
+    def serving_request(self) -> Iterator[bool]:
+        """Count a request while it runs; yields False once the server is stopping (the request is refused)."""
+        with self._requests:
+            if self._stopping:
+                accepted = False
+            else:
+                accepted = True
+                self._running_requests += 1
+        try:
+            yield accepted
+        finally:
+            if accepted:
+                with self._requests:
+                    self._running_requests -= 1
+                    self._requests.notify_all()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Track the connection, so that closing the server closes it too (a keep-alive one included)."""
@@ -338,8 +363,8 @@ class DashboardServer(ThreadingHTTPServer):
             yield self
         finally:
             self.shutdown()
-            if not self.dashboard.finish_peeks(timeout_s=15):
-                logger.warning("dashboard: a peek still running at shutdown; its messages reappear within seconds")
+            if not self.finish_requests(timeout_s=15):
+                logger.warning("dashboard: a request (a peek?) still running at shutdown; its messages reappear soon")
             self.server_close()
             thread.join(5)
 
@@ -369,11 +394,21 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT  # noqa: N815
 
     def _serve(self, handle: Callable[[str], None]) -> None:
+        with self.server.serving_request() as accepted:
+            if accepted:
+                self._handle(handle)
+            else:
+                self.close_connection = True
+                self._json({"error": "the dashboard is stopping"}, HTTPStatus.SERVICE_UNAVAILABLE)
+
+    def _handle(self, handle: Callable[[str], None]) -> None:
         try:
             path = self._checked_path()
             handle(path)
         except ApiError as exc:
             self._json({"error": str(exc)}, exc.status)
+        except ConnectionError:
+            self.close_connection = True  # the client went away; nothing to answer
         except Exception:
             logger.exception("dashboard: %s failed", log_text(self.requestline, 120))
             self._json({"error": "internal error; see the dashboard's log"}, HTTPStatus.INTERNAL_SERVER_ERROR)

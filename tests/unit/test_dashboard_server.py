@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
 
 from microbus.errors import QueueNotFoundError, TransportError
 from microbus.ops.dashboard import Dashboard, DashboardServer
+from microbus.testing import wait_for
 from tests.integration.dashboard_helpers import request
 
 
@@ -94,7 +96,34 @@ def test_stopping_the_server_waits_for_a_running_peek_to_release_its_messages():
         assert source.peek_started.wait(10)
         threading.Timer(1.5, source.peek_may_end.set).start()
         started = time.monotonic()
-    # the block's exit waited for the peek
+    # the block's exit waited for the peek, and its answer went out
     assert source.peeks_ended == 1
     assert time.monotonic() - started >= 1.2
     peeking.join(10)
+    assert answers == [200]
+
+
+def test_while_stopping_a_kept_alive_connection_is_refused_with_503():
+    source = StubSource()
+    server = DashboardServer(Dashboard(source=source), port=0)
+    host, port = server.server_address[:2]
+    body = json.dumps({"queue": "q", "count": 1}).encode()
+    with server.running():
+        other = http.client.HTTPConnection(str(host), int(port), timeout=10)
+        other.request("GET", "/api/overview")
+        assert other.getresponse().read()
+        peeking = threading.Thread(
+            target=lambda: request(server, "POST", "/api/peek", body, {"Content-Type": "application/json"})
+        )
+        peeking.start()
+        assert source.peek_started.wait(10)
+        stopping = threading.Thread(target=lambda: server.finish_requests(timeout_s=10))
+        stopping.start()
+        wait_for(lambda: server.stopping, timeout_s=5, what="the server stopping")
+        other.request("GET", "/api/overview")
+        refused = other.getresponse()
+        assert (refused.status, refused.getheader("Connection")) == (503, "close")
+        source.peek_may_end.set()
+        stopping.join(10)
+        peeking.join(10)
+    other.close()
