@@ -18,22 +18,22 @@ import re
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from microbus.errors import MicrobusError, QueueNotFoundError
-from microbus.ops.inspect import TopicInfo, all_queue_stats, list_topic_arns, peek, subscriptions, topic_name
+from microbus.ops.dashboard_source import DashboardSource, LiveSource, TimedCache
 from microbus.ops.scrape import handled_by_media_type, read_endpoints
 from microbus.wire.sanitize import log_text, one_line
 from microbus.wire.transport import is_loopback_endpoint
 
+__all__ = ["ApiError", "Dashboard", "DashboardServer", "DashboardSource", "LiveSource"]
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?|[A-Za-z0-9_-]{1,80}")
@@ -44,8 +44,6 @@ MAX_PATH = 2048
 MAX_REQUEST_BODY = 4096
 IDLE_TIMEOUT_S = 60
 """A connection that sends nothing for this long is closed (its thread ends)."""
-MAX_BODY_CHARS = 256 * 1024
-"""Characters of one peeked body sent to the page (SQS bodies reach 1 MiB)."""
 _STATIC = {
     "/favicon.ico": ("", ""),
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -65,106 +63,12 @@ _SECURITY_HEADERS = {
 }
 
 
-class DashboardSource(Protocol):
-    """Where the dashboard's figures come from (the live endpoint; a stub in tests)."""
-
-    endpoint: str
-    """How the page names where the figures come from."""
-
-    def overview(self) -> dict[str, Any]:
-        """Topics with their subscriptions and queues with their counts, as JSON-ready data.
-
-        Raises:
-            MicrobusError: the endpoint could not be read.
-        """
-
-    def peek(self, queue_name: str, count: int) -> list[dict[str, Any]]:
-        """Up to ``count`` messages of the queue, without consuming them.
-
-        Raises:
-            QueueNotFoundError: no such queue.
-            MicrobusError: the endpoint could not be read.
-        """
-
-
-class LiveSource:
-    """Topics, queues and peeks of an endpoint, read with :mod:`microbus.ops.inspect`.
-
-    Parameters:
-        sqs, sns: boto3 clients (``AWSSettings.client``).
-        endpoint: how the page names the endpoint.
-        prefix: show only the queues and topics whose names start with it.
-        topics_ttl_s: how long one listing of topics and subscriptions (which change rarely, and cost a call
-            per subscription) is shown before it is read again.
-    """
-
-    def __init__(
-        self, *, sqs: Any, sns: Any, endpoint: str, prefix: str | None = None, topics_ttl_s: float = 10.0
-    ) -> None:
-        self.sqs, self.sns = sqs, sns
-        self.endpoint = endpoint
-        self.prefix = prefix
-        self._topics = _Cached(self._read_topics, topics_ttl_s)
-
-    def overview(self) -> dict[str, Any]:
-        """``{queues, topics}``; a queue that is another's dead-letter queue says whose.
-
-        Raises:
-            TransportError: SQS or SNS could not be read.
-        """
-        queues = [stats.to_dict() for stats in all_queue_stats(self.sqs, prefix=self.prefix)]
-        sources: dict[str, list[str]] = {}
-        for queue in queues:
-            if queue["dlq_name"]:
-                sources.setdefault(queue["dlq_name"], []).append(queue["name"])
-        for queue in queues:
-            queue["dead_letter_queue_for"] = sources.get(queue["name"], [])
-        return {"queues": queues, **self._topics.get()}
-
-    def _read_topics(self) -> dict[str, Any]:
-        arns = [arn for arn in list_topic_arns(self.sns) if topic_name(arn).startswith(self.prefix or "")]
-        listed = [TopicInfo(name=topic_name(arn), arn=arn, subscriptions=subscriptions(self.sns, arn)) for arn in arns]
-        return {"topics": [topic.to_dict() for topic in listed]}
-
-    def peek(self, queue_name: str, count: int) -> list[dict[str, Any]]:
-        """Up to ``count`` messages of the queue, received with a short visibility and released at once; a
-        body over :data:`MAX_BODY_CHARS` is cut (``body_truncated`` then holds its length).
-
-        Raises:
-            QueueNotFoundError, TransportError.
-        """
-        return [_bounded(message.to_dict()) for message in peek(self.sqs, queue_name, max_messages=count)]
-
-
-def _bounded(message: dict[str, Any]) -> dict[str, Any]:
-    text = message["raw_body"] if message["body"] is None else json.dumps(message["body"], indent=2)
-    if text is None or len(text) <= MAX_BODY_CHARS:
-        return message
-    return {**message, "body": None, "raw_body": text[:MAX_BODY_CHARS], "body_truncated": len(text)}
-
-
 class ApiError(Exception):
     """A request the dashboard answers with an error status and a one-sentence reason."""
 
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _Cached:
-    """The last answer of ``fetch`` for ``ttl_s`` seconds; concurrent callers share one fetch."""
-
-    def __init__(self, fetch: Callable[[], dict[str, Any]], ttl_s: float) -> None:
-        self._fetch, self._ttl_s = fetch, ttl_s
-        self._lock = threading.Lock()
-        self._value: dict[str, Any] | None = None
-        self._at = 0.0
-
-    def get(self) -> dict[str, Any]:
-        with self._lock:
-            if self._value is None or time.monotonic() - self._at >= self._ttl_s:
-                self._value, self._at = self._fetch(), time.monotonic()
-            return self._value
 
 
 class Dashboard:
@@ -191,8 +95,8 @@ class Dashboard:
         self.metrics_urls = tuple(metrics_urls)
         self.refresh_s = refresh_s
         self.scrape_timeout_s = scrape_timeout_s
-        self._overview = _Cached(self._read_overview, cache_s)
-        self._metrics = _Cached(self._read_metrics, cache_s)
+        self._overview = TimedCache(self._read_overview, cache_s)
+        self._metrics = TimedCache(self._read_metrics, cache_s)
         self._peeks = threading.BoundedSemaphore(_PEEKS_AT_ONCE)
         self._last_error: str | None = None
 

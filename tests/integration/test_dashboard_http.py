@@ -115,7 +115,7 @@ def test_a_peeked_body_over_the_limit_is_cut_and_says_its_length(make_queue, mon
     queue = make_queue()
     name = queue.queue_url.rsplit("/", 1)[-1]
     queue.sqs.send_message(QueueUrl=queue.queue_url, MessageBody="x" * 5000)
-    monkeypatch.setattr("microbus.ops.dashboard.MAX_BODY_CHARS", 1000)
+    monkeypatch.setattr("microbus.ops.dashboard_source.MAX_BODY_CHARS", 1000)
     with serving(queue) as server:
         status, answer = post_peek(server, {"queue": name, "count": 1})
     [message] = answer["messages"]
