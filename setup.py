@@ -26,10 +26,14 @@ setup(
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
         ],
+        "compat": [
+            "PyHamcrest>=2",
+        ],
         "dashboard-test": [
             "playwright>=1.40",
         ],
         "dev": [
+            "PyHamcrest>=2",
             "moto[server]>=5.1,<6",
             "pytest>=8",
             "pytest-timeout>=2.3",

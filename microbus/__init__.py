@@ -1,5 +1,6 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
+from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon
 from microbus.consume.dispatch import (
@@ -25,6 +26,8 @@ from microbus.errors import (
     EndpointUnreachableError,
     FanInStateError,
     IgnoreMessage,
+    LambdaBatchFailedError,
+    LambdaEventError,
     MessageTooLargeError,
     MessageValidationError,
     MicrobusError,
@@ -46,6 +49,7 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
     DynamoDBIdempotencyStore,
@@ -53,11 +57,12 @@ from microbus.patterns.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
-from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, current_cid, register_target
+from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, register_target
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
+from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
@@ -103,6 +108,9 @@ __all__ = [
     "MessageState",
     "VisibilityHeartbeat",
     "ConsumerDaemon",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
     # patterns: parallel execution and fan-out/fan-in
     "Parallel",
     "callback",
@@ -113,6 +121,9 @@ __all__ = [
     "CallbackRunner",
     "CallbackDaemon",
     "FanInStore",
+    # patterns: AWS Lambda
+    "make_lambda_handler",
+    "LambdaHandler",
     # patterns: request/reply
     "Requester",
     "Replier",
@@ -137,6 +148,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ResponseNotSerializableError",
     "FanInStateError",
+    "LambdaEventError",
+    "LambdaBatchFailedError",
     "PayloadError",
     "PayloadMissingError",
     "PayloadUnavailableError",

@@ -183,6 +183,14 @@ class FanInStateError(PatternError):
     """The fan-in state of a correlation id is missing, expired, or too big for its table."""
 
 
+class LambdaEventError(PatternError):
+    """A Lambda invocation's event is not an SQS event whose records can be told apart: the batch is retried."""
+
+
+class LambdaBatchFailedError(PatternError):
+    """Some messages of a Lambda batch failed and partial batch responses are off: the batch is retried."""
+
+
 class Nack(Exception):
     """Raised by a handler: retry the message after ``visibility_timeout_seconds`` (None: the backoff)."""
 

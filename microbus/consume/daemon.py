@@ -14,6 +14,7 @@ import click
 from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
 from microcosm.object_graph import ObjectGraph
 
+from microbus.consume.breaker import circuit_breaker_from_config
 from microbus.consume.consumer import QueueInfo, SQSConsumer, live_queue_warnings
 from microbus.consume.worker import Worker, install_signal_handlers, transport_backoff_s
 from microbus.errors import ConfigurationError, EndpointUnreachableError, MicrobusError, TransientTransportError
@@ -74,7 +75,10 @@ class ConsumerDaemon:
         return {
             "sqs_message_handler_registry": {"media_types": media_types},
             "queue_declarations": {"topology": self.topology},
-            "worker": {"prefetch": None},
+            "worker": {
+                "prefetch": None,
+                "circuit_breaker": {"enabled": False, "threshold": 0.5, "window": 20, "cooldown_s": 30.0},
+            },
         }
 
     @property
@@ -147,12 +151,14 @@ class ConsumerDaemon:
         grace_period_s: float = 30.0,
         heartbeat_fraction: float = 0.5,
         prefetch: int | None = None,
+        circuit_breaker: bool | None = None,
     ) -> Worker:
         """Check the queue (:meth:`check_queue`) and build the worker that runs it.
 
         The SQS client's connection pool is sized to the worker (unless the graph was already built). An
         unreachable endpoint is not an error here: the worker waits for it when it starts. ``prefetch`` None
-        takes ``worker.prefetch`` from the configuration, else the worker's default.
+        takes ``worker.prefetch`` from the configuration, else the worker's default. ``circuit_breaker`` True
+        turns the breaker on with the ``worker.circuit_breaker`` settings; None leaves it to their ``enabled``.
 
         With idempotent handlers, the idempotency guard's lease must cover the handler timeout, and its store
         must allow the guard's calls (probed without writing; deferred, like the queue check, while unreachable).
@@ -160,7 +166,8 @@ class ConsumerDaemon:
         Raises:
             QueueNotFoundError: the queue does not exist.
             ConfigurationError: the idempotency lease is shorter than the handler timeout, or the idempotency
-                store refuses the guard's calls (AccessDeniedError) or does not exist.
+                store refuses the guard's calls (AccessDeniedError) or does not exist; or the circuit breaker's
+                settings are invalid.
         """
         if self._graph is None:
             aws = self.overrides.setdefault("aws", {})
@@ -178,7 +185,9 @@ class ConsumerDaemon:
                 guard.check_store()
             except (EndpointUnreachableError, TransientTransportError) as exc:
                 logger.debug("Idempotency store check deferred: %s", exc)
-        configured = self.graph.config.worker.prefetch if "worker" in self.graph.config else None
+        worker_config = self.graph.config.worker if "worker" in self.graph.config else {}
+        configured = worker_config.get("prefetch")
+        breaker = circuit_breaker_from_config(worker_config.get("circuit_breaker"), enabled=circuit_breaker)
         return Worker(
             consumer=self.graph.sqs_consumer,
             dispatcher=dispatcher,
@@ -186,6 +195,7 @@ class ConsumerDaemon:
             prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
             grace_period_s=grace_period_s,
             heartbeat_fraction=heartbeat_fraction,
+            circuit_breaker=breaker,
         )
 
     def _handler_timeout_s(self) -> float | None:
@@ -219,10 +229,12 @@ class ConsumerDaemon:
         grace_period_s: float = 30.0,
         heartbeat_fraction: float = 0.5,
         prefetch: int | None = None,
+        circuit_breaker: bool | None = None,
     ) -> None:
         """Run this daemon and its :attr:`companions` until SIGTERM/SIGINT, then shut them all down gracefully.
 
         Each queue gets its own worker; one signal stops them all, and each gets the same grace period.
+        ``circuit_breaker`` True gives each worker its own circuit breaker (see :meth:`create_worker`).
         """
         companions = [
             cls(debug=self.debug, testing=self.testing, **self._companion_overrides()) for cls in self.companions
@@ -231,6 +243,7 @@ class ConsumerDaemon:
             "concurrency": concurrency,
             "grace_period_s": grace_period_s,
             "heartbeat_fraction": heartbeat_fraction,
+            "circuit_breaker": circuit_breaker,
         }
         workers = [self.create_worker(prefetch=prefetch, **options)]
         for companion in companions:
@@ -305,6 +318,12 @@ def daemon_options(function: Any) -> Any:
             show_default=True,
             help="Extend a running message's visibility after this fraction of the timeout (0: never).",
         ),
+        click.option(
+            "--circuit-breaker",
+            is_flag=True,
+            default=None,
+            help="Stop receiving while most handlers fail, then try one message (settings: worker.circuit_breaker).",
+        ),
         click.option("--debug", is_flag=True, help="Debug logging."),
         click.option("--testing", is_flag=True, help="Testing mode of the object graph."),
     ]
@@ -333,6 +352,7 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
             grace_period_s=options["grace_period"],
             heartbeat_fraction=options["heartbeat_fraction"],
             prefetch=options["prefetch"],
+            circuit_breaker=options.get("circuit_breaker"),
         )
     except MicrobusError as exc:
         click.echo(f"{cls.name}: {exc}", err=True)

@@ -32,6 +32,15 @@ from microbus.errors import (
     SkipMessage,
     TransportError,
 )
+from microbus.wire.context import (
+    DEFAULT_INITIAL_TTL,
+    TTL_KEY,
+    MessageContext,
+    build_context,
+    current_message_context,
+    message_context,
+    parse_ttl,
+)
 from microbus.wire.delivery import DELIVER_AT_KEY, parse_due
 from microbus.wire.sanitize import log_repr, log_text
 
@@ -43,6 +52,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_VISIBILITY_S = 43_200
+TTL_EXPIRED = "ttl-expired"
+"""The reason of a message whose ``x-request-ttl`` ran out: its handler never ran."""
 
 
 class Action(Enum):
@@ -192,6 +203,14 @@ class SQSMessageDispatcher:
             policy. Messages that exhausted their attempts (EXPIRED) are never deleted: they may succeed once
             the handler is fixed, so the redrive policy keeps them.
         middleware: hooks run around each message, in order (``after_handle`` in reverse order).
+        initial_ttl: the hops a message without ``x-request-ttl`` starts with (microcosm-pubsub's 32); each
+            message's TTL is decremented once here and passed on to the messages its handler produces, and one
+            that arrives at 1 or below has expired (a loop): it is acked without calling the handler (SKIPPED,
+            reason :data:`TTL_EXPIRED`) and logged at WARNING, as microcosm-pubsub drops it. None disables the TTL.
+        dead_letter_expired_ttl: dead-letter messages whose TTL expired (REJECTED) instead of dropping them.
+
+    While a message is handled (middleware included), its :class:`~microbus.wire.context.MessageContext` is
+    current: :func:`~microbus.current_cid` returns its cid, and the producer forwards its context.
         clock: epoch seconds now; a message due later (``x-microbus-deliver-at``) is hidden again until then.
 
     Raises:
@@ -208,6 +227,8 @@ class SQSMessageDispatcher:
         skip_unknown_media_types: bool = False,
         delete_undeliverable: bool = False,
         middleware: Sequence[Middleware] = (),
+        initial_ttl: int | None = DEFAULT_INITIAL_TTL,
+        dead_letter_expired_ttl: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if handler_registry.idempotent and not any(m.guards_idempotent_handlers for m in middleware):
@@ -221,6 +242,8 @@ class SQSMessageDispatcher:
         self.source = source
         self.skip_unknown_media_types = skip_unknown_media_types
         self.delete_undeliverable = delete_undeliverable
+        self.initial_ttl = initial_ttl
+        self.dead_letter_expired_ttl = dead_letter_expired_ttl
         self.clock = clock
 
     def is_async(self, message: SQSMessage) -> bool:
@@ -235,6 +258,10 @@ class SQSMessageDispatcher:
         awaitable) is run to completion on an event loop of its own: in a worker, async handlers go
         through :meth:`handle_async` on the worker's loop instead.
         """
+        with message_context(self.context_of(message)):
+            return self._handle(message, max_attempts)
+
+    def _handle(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
         early = self._not_due(message)
         if early is not None:
@@ -247,6 +274,10 @@ class SQSMessageDispatcher:
 
     async def handle_async(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Like :meth:`handle`, awaiting the handler and any async middleware hooks."""
+        with message_context(self.context_of(message)):
+            return await self._handle_async(message, max_attempts)
+
+    async def _handle_async(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
         early = self._not_due(message)
         if early is not None:
@@ -269,6 +300,25 @@ class SQSMessageDispatcher:
             await self._hook_async(message, result, functools.partial(middleware.after_handle, message, result))
         self._retry_delay(message, result)
         return result
+
+    def context_of(self, message: SQSMessage) -> MessageContext:
+        """The context the message passes on: its cid (the inbound ``x-microbus-cid``, else its most stable id),
+        its opaqueData and its decremented TTL. A malformed TTL is logged and counts as none."""
+        opaque = message.opaque_data
+        context = build_context(opaque, fallback_cid=message.idempotency_key_in(opaque), initial_ttl=self.initial_ttl)
+        if context.malformed_ttl is not None:
+            logger.warning(
+                "Message %r has a malformed %s %s (not an integer): handled as if it had none",
+                message.message_id,
+                TTL_KEY,
+                context.malformed_ttl,
+            )
+        if context.skipped and logger.isEnabledFor(logging.DEBUG):
+            names = ", ".join(log_text(key, 60) for key in context.skipped[:10])
+            logger.debug(
+                "Message %r: opaqueData entries not passed on (not text, or too long): %s", message.message_id, names
+            )
+        return context
 
     def _not_due(self, message: SQSMessage) -> Result | None:
         """A message that is not due yet is DEFERRED: visible again when due, or in 12 h (SQS's limit), whichever
@@ -329,14 +379,30 @@ class SQSMessageDispatcher:
             result.outcome, result.reason, result.error = Outcome.FAILED, "middleware-error", exc
 
     def _find(self, message: SQSMessage) -> tuple[Handler | None, Result | None]:
-        """The message's handler, or the result of rejecting it (undecodable, no handler)."""
-        error = message.error
+        """The message's handler, or the result of rejecting it (undecodable, TTL expired, no handler)."""
+        if message.error is not None:
+            return None, self._reject(functools.partial(_result, message), message.error)
+        context = current_message_context()
+        if context is not None and context.ttl is not None and context.ttl <= 0:
+            return None, self._expired(message)
         handler = self.handler_registry.find(message.media_type) if message.media_type else None
-        if error is None and handler is None:
+        if handler is None:
             error = NoHandlerError(f"No handler for media type {log_repr(message.media_type)}")
-        if error is not None:
             return None, self._reject(functools.partial(_result, message), error)
         return handler, None
+
+    def _expired(self, message: SQSMessage) -> Result:
+        """A message whose TTL ran out: dropped (acked), or dead-lettered with ``dead_letter_expired_ttl``."""
+        fate = "dead-lettered" if self.dead_letter_expired_ttl else "dropped without calling its handler"
+        logger.warning(
+            "Message %r (%s) has used up its %s (a loop of handlers producing messages?): %s",
+            message.message_id,
+            log_text(message.media_type),
+            TTL_KEY,
+            fate,
+        )
+        outcome = Outcome.REJECTED if self.dead_letter_expired_ttl else Outcome.SKIPPED
+        return _result(message, outcome, reason=TTL_EXPIRED)
 
     def _outcome(self, message: SQSMessage, call: Callable[[], Any]) -> Result:
         """Call the handler (or replay its async outcome) and turn what happened into a Result."""
@@ -362,7 +428,7 @@ class SQSMessageDispatcher:
         content = message.content
         if not self.middleware:
             return _complete(handler(content))
-        idempotent = message.media_type in self.handler_registry.idempotent
+        idempotent = self.handler_registry.is_idempotent(message.media_type or "")
         call = HandlerCall(message, self.source, idempotent, lambda: _complete(handler(content)))
         for middleware in reversed(self.middleware):
             call = HandlerCall(message, self.source, idempotent, functools.partial(middleware.around_handler, call))
@@ -376,7 +442,7 @@ class SQSMessageDispatcher:
             value = handler(content)
             return await value if inspect.isawaitable(value) else value
 
-        idempotent = message.media_type in self.handler_registry.idempotent
+        idempotent = self.handler_registry.is_idempotent(message.media_type or "")
         call = AsyncHandlerCall(message, self.source, idempotent, call_handler)
         for middleware in reversed(self.middleware):
             call = AsyncHandlerCall(
@@ -469,6 +535,9 @@ def log_result(result: Result) -> None:
     skip_unknown_media_types=False,
     delete_undeliverable=False,
     middleware=[],
+    enable_ttl=True,
+    initial_ttl=DEFAULT_INITIAL_TTL,
+    dead_letter_expired_ttl=False,
 )
 def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher:
     """microcosm factory: ``graph.sqs_message_dispatcher``; ``middleware`` names graph components."""
@@ -484,6 +553,8 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         skip_unknown_media_types=_truthy(config.skip_unknown_media_types),
         delete_undeliverable=_truthy(config.delete_undeliverable),
         middleware=_middleware(graph, list(config.middleware or ())),
+        initial_ttl=_initial_ttl(config.initial_ttl) if _truthy(config.enable_ttl) else None,
+        dead_letter_expired_ttl=_truthy(config.dead_letter_expired_ttl),
     )
 
 
@@ -523,6 +594,20 @@ def _complete(value: Any) -> Any:
 def _visibility(seconds: int | None) -> int | None:
     """A handler's requested retry delay, within SQS's 0..12 h; None means: use the backoff."""
     return None if seconds is None else max(0, min(MAX_VISIBILITY_S, int(seconds)))
+
+
+def _initial_ttl(value: Any) -> int:
+    """``sqs_message_dispatcher.initial_ttl``: a positive integer.
+
+    Raises:
+        ConfigurationError: it is not one.
+    """
+    ttl = parse_ttl(value)
+    if ttl is None or ttl < 1:
+        raise ConfigurationError(
+            f"sqs_message_dispatcher.initial_ttl must be a positive integer (hops), not {log_repr(value)}"
+        )
+    return ttl
 
 
 def _truthy(value: Any) -> bool:

@@ -11,7 +11,7 @@ from microcosm.api import defaults
 
 from microbus.errors import ConfigurationError
 from microbus.wire.codecs import PubSubMessageSchema
-from microbus.wire.schemas import media_type_of, schema
+from microbus.wire.schemas import match_media_type, media_type_of, schema
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -147,13 +147,23 @@ class HandlerRegistry:
             idempotent=_idempotent.intersection(wanted),
         )
 
+    def match(self, media_type: str) -> str | None:
+        """The registered media type whose handler handles ``media_type``: itself, else its wildcard
+        (``prefix.*``, see :func:`~microbus.wire.schemas.wildcard_of`); None when there is none."""
+        return match_media_type(media_type, self._handlers)
+
     def find(self, media_type: str) -> Handler | None:
-        """Return the handler of a media type, or None."""
-        return self._handlers.get(media_type)
+        """Return the handler of a media type (or of its wildcard), or None."""
+        registered = self.match(media_type)
+        return None if registered is None else self._handlers[registered]
 
     def is_async(self, media_type: str) -> bool:
         """Whether the handler of a media type is a coroutine function (False for an unknown media type)."""
-        return media_type in self._async
+        return self.match(media_type) in self._async
+
+    def is_idempotent(self, media_type: str) -> bool:
+        """Whether the handler of a media type was registered with ``idempotent=True``."""
+        return self.match(media_type) in self.idempotent
 
     @property
     def media_types(self) -> list[str]:

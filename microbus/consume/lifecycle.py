@@ -54,6 +54,12 @@ class EventKind(Enum):
     """A background activity (``activity``) failed and is being restarted."""
     ACTIVITY_UP = "activity-up"
     """A background activity recovered."""
+    CIRCUIT_OPENED = "circuit-opened"
+    """The circuit breaker opened (``detail`` says why): receiving stops for the cool-down."""
+    CIRCUIT_HALF_OPENED = "circuit-half-opened"
+    """The cool-down is over: one trial message is received."""
+    CIRCUIT_CLOSED = "circuit-closed"
+    """The trial message succeeded: receiving resumes."""
 
 
 @dataclass(frozen=True, slots=True)

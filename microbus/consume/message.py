@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from microbus.errors import DecodeError, MissingMediaTypeError, PayloadError
 from microbus.wire.codecs import MESSAGE_ID_KEY
+from microbus.wire.context import OpaqueData
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.payloads import PayloadPointer, is_offloaded
 
@@ -60,17 +61,22 @@ class SQSMessage:
         )
 
     @property
-    def opaque_data(self) -> dict[str, Any]:
-        """The opaque data carried through the flow (request ids, publish time, …)."""
+    def opaque_data(self) -> OpaqueData:
+        """The opaque data carried through the flow (request ids, publish time, …): a copy, keys lower-cased
+        as microcosm-pubsub sends them, looked up in any case."""
         if self.content is None:
-            return {}
-        return dict(self.content.get("opaque_data") or {})
+            return OpaqueData()
+        return OpaqueData(self.content.get("opaque_data") or {})
 
     @property
     def idempotency_key(self) -> str:
         """The most stable id of this message: the producer's ``x-microbus-message-id``, else the SNS
         MessageId (enveloped delivery), else the SQS MessageId (same across redeliveries of one SQS message)."""
-        stamped = self.opaque_data.get(MESSAGE_ID_KEY)
+        return self.idempotency_key_in(self.opaque_data)
+
+    def idempotency_key_in(self, opaque_data: OpaqueData) -> str:
+        """:attr:`idempotency_key`, from this message's ``opaque_data`` already at hand."""
+        stamped = opaque_data.get(MESSAGE_ID_KEY)
         if isinstance(stamped, str) and stamped:
             return stamped
         return self.sns_message_id or self.message_id

@@ -24,6 +24,7 @@ class Scheduler:
         self._running: set[Tracked] = set()
         self._busy_groups: set[str] = set()
         self._closed = False
+        self._paused = False
         self._cond = threading.Condition()
 
     @property
@@ -35,7 +36,7 @@ class Scheduler:
     def add(self, batch: list[Tracked]) -> tuple[list[Tracked], list[Tracked]]:
         """Queue received messages; return the ones to start now, and the ones refused (closed: release them)."""
         with self._cond:
-            if self._closed:
+            if self._closed or self._paused:
                 return [], batch
             for tracked in batch:
                 tracked.advance(MessageState.WAITING)
@@ -63,9 +64,18 @@ class Scheduler:
         """Start nothing more; return every waiting message (to be returned to the queue unstarted)."""
         with self._cond:
             self._closed = True
-            waiting = list(self._waiting)
-            self._waiting.clear()
-            return waiting
+            return self._take_waiting()
+
+    def pause(self) -> list[Tracked]:
+        """Start nothing and take nothing until :meth:`resume`; return every waiting message (to release)."""
+        with self._cond:
+            self._paused = True
+            return self._take_waiting()
+
+    def resume(self) -> None:
+        """Take and start messages again after :meth:`pause`."""
+        with self._cond:
+            self._paused = False
 
     def wait_idle(self, timeout_s: float) -> int:
         """Wait at most ``timeout_s`` for the running handlers to end; return how many still run."""
@@ -74,10 +84,16 @@ class Scheduler:
             self._cond.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
             return len(self._running)
 
+    def _take_waiting(self) -> list[Tracked]:
+        """(Under the lock.) Take every waiting message out."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        return waiting
+
     def _pick(self) -> list[Tracked]:
         """(Under the lock.) Take the waiting messages that may start, and mark them running."""
         picked: list[Tracked] = []
-        if self._closed:
+        if self._closed or self._paused:
             return picked
         skipped: list[Tracked] = []
         while len(self._running) < self.concurrency and self._waiting:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from microbus.consume.breaker import CircuitBreaker, CircuitState, ReceivePermit
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.dispatch import Action, Outcome, Result, SQSMessageDispatcher, log_result
 from microbus.consume.heartbeat import SQS_MAX_HOLD_S, VisibilityHeartbeat
@@ -54,6 +55,9 @@ def default_receivers(concurrency: int) -> int:
     """Receives in flight at once for a concurrency: three per four handlers, 1 to 8."""
     return max(1, min(8, (3 * concurrency + 3) // 4))
 
+
+_NO_LIMIT = ReceivePermit(None, 0)
+"""The receive permit without a circuit breaker: as many messages as fit."""
 
 PREFETCH_PER_RECEIVER = 2 * MAX_BATCH
 """Default prefetch per receive in flight: one batch being received while the last one is settled."""
@@ -130,6 +134,7 @@ class Worker:
         max_hold_s: the longest a message is held under the heartbeat (SQS's limit is 12 h).
         settle_in_flight: settle batch calls in flight at once (default: two per receiver, at least 4).
         observers: receive every lifecycle event (besides the worker's own stats and log lines).
+        circuit_breaker: stops receiving while most handlers fail (None: never stops).
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class Worker:
         max_hold_s: float = SQS_MAX_HOLD_S,
         settle_in_flight: int | None = None,
         observers: Iterable[LifecycleObserver] = (),
+        circuit_breaker: CircuitBreaker | None = None,
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
@@ -165,6 +171,10 @@ class Worker:
         self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
         self.observers = Observers([self.stats, LogObserver(), *observers])
+        self.circuit_breaker = circuit_breaker
+        if circuit_breaker is not None:
+            self.observers.add(circuit_breaker)
+            circuit_breaker.bind(self._circuit_changed)
         self._stopping = threading.Event()
         self._stop_at = 0.0
         self._cond = threading.Condition()
@@ -205,8 +215,14 @@ class Worker:
 
     @property
     def healthy(self) -> bool:
-        """False while a background activity is down; what a health endpoint reports."""
+        """False while a background activity is down; what a health endpoint reports (an open circuit is not
+        a crash: see :attr:`circuit_open`)."""
         return not self.activities_down
+
+    @property
+    def circuit_open(self) -> bool:
+        """True while the circuit breaker keeps the worker from receiving (open, or trying one message)."""
+        return self.circuit_breaker is not None and self.circuit_breaker.is_open
 
     def start(self) -> None:
         """Read the queue's settings (waiting while the endpoint is unreachable), then start receiving.
@@ -354,14 +370,19 @@ class Worker:
             return
         if index and self._wait_while_idle():
             return
+        permit = self._circuit_permit()
+        if permit is None:
+            return
         reserved = self._reserve(self._wanted)
         if not reserved:
+            self._admit([], permit)  # a trial permit goes back
             return
         started = time.monotonic()
         try:
-            messages = self.consumer.consume(limit=reserved)
+            messages = self.consumer.consume(limit=reserved if permit.limit is None else min(reserved, permit.limit))
         except BaseException:
             self._unreserve(reserved)
+            self._admit([], permit)
             raise
         self._unreserve(reserved - len(messages))
         if self._idle != (not messages):
@@ -370,8 +391,7 @@ class Worker:
                 self._cond.notify_all()
         if not messages and time.monotonic() - started < _IDLE_PAUSE_S:
             self._stopping.wait(_IDLE_PAUSE_S)
-        elif messages:
-            self._admit(messages)
+        self._admit(messages, permit)
 
     def _wait_while_idle(self) -> bool:
         """Extra receivers rest while the queue looks empty (the first one keeps polling); True if rested."""
@@ -398,14 +418,51 @@ class Worker:
                 self._held -= count
                 self._cond.notify_all()
 
-    def _admit(self, messages: list[SQSMessage]) -> None:
-        """Hold a received batch (events, heartbeat) and hand it to the scheduler in one call."""
+    def _admit(self, messages: list[SQSMessage], permit: ReceivePermit) -> None:
+        """Hold a received batch (events, heartbeat) and hand it to the scheduler in one call; return it
+        unstarted when the circuit breaker does not admit it."""
         assert self.heartbeat is not None
+        breaker = self.circuit_breaker
+        admitted = breaker is None or breaker.admit(permit, [message.message_id for message in messages])
+        if not messages:
+            return
+        if admitted and permit.limit is not None:
+            self._scheduler.resume()  # the trial message
         batch = [Tracked(message) for message in messages]
         for tracked in batch:
             self.observers.emit(tracked.event(EventKind.RECEIVED, self.consumer.queue_url))
             self.heartbeat.track(tracked)
-        self._enqueue(batch)
+            if not admitted:
+                self._release(tracked)
+        if admitted:
+            self._enqueue(batch)
+
+    # The circuit breaker
+
+    def _circuit_permit(self) -> ReceivePermit | None:
+        """What the next receive may take; None after waiting while the circuit is open."""
+        breaker = self.circuit_breaker
+        if breaker is None:
+            return _NO_LIMIT
+        permit = breaker.permit()
+        if permit is None:
+            self._stopping.wait(breaker.wait_s())
+        return permit
+
+    def _circuit_changed(self, state: CircuitState, why: str) -> None:
+        """Opened: start nothing more and return the waiting messages; closed: start again. One event each."""
+        if state is CircuitState.OPEN:
+            for tracked in self._scheduler.pause():
+                self._release(tracked)
+        elif state is CircuitState.CLOSED:
+            self._scheduler.resume()
+        kind = {
+            CircuitState.OPEN: EventKind.CIRCUIT_OPENED,
+            CircuitState.HALF_OPEN: EventKind.CIRCUIT_HALF_OPENED,
+            CircuitState.CLOSED: EventKind.CIRCUIT_CLOSED,
+        }[state]
+        event = LifecycleEvent(kind=kind, queue_url=self.consumer.queue_url, at=time.monotonic(), detail=why)
+        self.observers.emit(event)
 
     # Scheduling: a lock-protected scheduler; sync handlers on handler threads, async ones on the loop
 

@@ -47,13 +47,12 @@ from microbus.patterns.parallel import (
     CallbackInvocation,
     FanInDeadline,
     TargetReport,
-    bind_cid,
     final_payload,
     find_callback,
     missing_payload,
     parse_utc,
-    unbind_cid,
 )
+from microbus.wire.context import bind_cid, unbind_cid
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport, translate_errors
 

@@ -31,7 +31,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,6 +42,10 @@ from microbus.consume.message import SQSMessage
 from microbus.errors import ConfigurationError, DecodeError, PublishError
 from microbus.produce.producer import OutgoingMessage, SNSProducer
 from microbus.wire.codecs import PubSubMessageSchema
+from microbus.wire.context import CID_KEY as CID_KEY  # re-exported
+from microbus.wire.context import bind_cid as bind_cid  # re-exported: where the patterns found them first
+from microbus.wire.context import current_cid as current_cid
+from microbus.wire.context import unbind_cid as unbind_cid
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.sanitize import log_text
 from microbus.wire.schemas import media_type_of, schema
@@ -53,7 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CID_KEY = "x-microbus-cid"
 SOURCE_KEY = "x-microbus-source"
 TARGET_KEY = "x-microbus-target"
 REQ_TS_KEY = "x-microbus-req-ts"
@@ -69,7 +71,6 @@ PAYLOAD_FIELDS = ("source", "target", "response", "req_ts_utc", "resp_ts_utc", "
 Callback = Callable[[dict[str, Any]], Any]
 _callbacks: dict[str, Callback] = {}
 _targets: dict[str, str] = {}
-_current_cid: ContextVar[str | None] = ContextVar("microbus_parallel_cid", default=None)
 
 
 @schema
@@ -183,21 +184,6 @@ def find_callback(name: str) -> Callback | None:
 def register_target(name: str, target: str | type[PubSubMessageSchema]) -> None:
     """Let ``invoke`` and ``fan_out`` accept ``name`` for the media type of ``target``."""
     _targets[name] = media_type_of(target)
-
-
-def current_cid() -> str | None:
-    """The correlation id of the target or callback running in this context, else None."""
-    return _current_cid.get()
-
-
-def bind_cid(cid: str | None) -> Token[str | None]:
-    """Make ``cid`` the current cid; pass the token to :func:`unbind_cid` when done."""
-    return _current_cid.set(cid)
-
-
-def unbind_cid(token: Token[str | None]) -> None:
-    """Restore the cid that was current before :func:`bind_cid`."""
-    _current_cid.reset(token)
 
 
 def utc_now() -> str:

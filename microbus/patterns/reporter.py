@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 
 from microcosm.api import defaults
 
-from microbus.consume.dispatch import Action, AsyncHandlerCall, HandlerCall, Middleware, Outcome, Result
+from microbus.consume.dispatch import (
+    TTL_EXPIRED,
+    Action,
+    AsyncHandlerCall,
+    HandlerCall,
+    Middleware,
+    Outcome,
+    Result,
+)
 from microbus.consume.message import SQSMessage
 from microbus.errors import (
     ConfigurationError,
@@ -40,11 +48,10 @@ from microbus.patterns.parallel import (
     CID_KEY,
     ParallelRequest,
     TargetReport,
-    bind_cid,
     target_payload,
-    unbind_cid,
     utc_now,
 )
+from microbus.wire.context import bind_cid, unbind_cid
 from microbus.wire.sanitize import log_repr
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport
@@ -211,7 +218,7 @@ class ParallelReporter(Middleware):
         self.schema_registry = schema_registry
         self.mode = mode
         self.max_message_bytes = max_message_bytes
-        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None]]] = {}
+        self._active: dict[int, tuple[ParallelRequest | None, Token[str | None] | None]] = {}
         self._refused: set[int] = set()
         self._lock = threading.Lock()
 
@@ -221,7 +228,7 @@ class ParallelReporter(Middleware):
 
     def before_handle(self, message: SQSMessage) -> None:
         request = ParallelRequest.from_message(message)  # read once per message, kept until after_handle
-        token = bind_cid(request.cid if request else None)
+        token = bind_cid(request.cid) if request else None  # others keep the message's cid
         refused = request is not None and not self.allows(request.reply_to)
         if refused:
             assert request is not None
@@ -292,7 +299,7 @@ class ParallelReporter(Middleware):
         Raises:
             TransportError: the callback queue could not be reached.
         """
-        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED)
+        ok = result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED) and result.reason != TTL_EXPIRED  # never ran
         response = result.response if ok else None
         exception = None if ok else exception_text(result.error, result.reason)
         stored = stored_response(result)

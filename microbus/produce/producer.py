@@ -28,6 +28,7 @@ from microbus.errors import (
     TransportError,
 )
 from microbus.wire.codecs import MESSAGE_ID_KEY, PUBLISHED_KEY, PubSubMessageCodec, merge_content
+from microbus.wire.context import OpaqueData, forwarded_opaque_data
 from microbus.wire.delivery import DELIVER_AT_KEY, due_time, format_due
 from microbus.wire.payloads import S3PayloadStore, size_attribute
 from microbus.wire.schemas import SchemaRegistry
@@ -168,7 +169,10 @@ class SNSProducer:
         different values is an error. Every field must be declared by the schema, unless it opts into
         ``EXCLUDE`` (see :mod:`microbus.wire.codecs`).
 
-        The opaque data gets a fresh ``x-microbus-message-id``, replacing any inherited from a message being
+        The opaque data is, by increasing precedence: the graph's ``opaque``, what the message being handled here
+        passes on (its cid, ``x-request-id``, ``x-request-ttl`` and other entries, see
+        :mod:`microbus.wire.context`), and ``opaque_data``; keys are lower-cased, as microcosm-pubsub sends them.
+        It gets a fresh ``x-microbus-message-id``, replacing any inherited from a message being
         handled: it identifies this message across producer retries, SNS duplicates and SQS redeliveries,
         raw or enveloped (the idempotency key).
 
@@ -192,8 +196,9 @@ class SNSProducer:
             raise MessageValidationError(
                 f"Invalid {media_type} message: opaque_data: Not a valid mapping: {type(callers_opaque).__name__}."
             )
-        opaque = dict(self.opaque() if self.opaque else {})
-        opaque.update(callers_opaque)
+        opaque = OpaqueData(self.opaque() if self.opaque else {})
+        opaque.update(forwarded_opaque_data())
+        opaque.update(_case_folded(callers_opaque, media_type))
         opaque[PUBLISHED_KEY] = str(time.time())
         opaque[MESSAGE_ID_KEY] = message_id = uuid.uuid4().hex
         if due is not None:
@@ -534,6 +539,22 @@ class DeferredProducer:
     ) -> None:
         if exc_type is None and self.messages:
             self.producer.publish_many(self.messages)
+
+
+def _case_folded(opaque: Mapping[Any, Any], media_type: str) -> OpaqueData:
+    """The caller's opaque data with lower-case keys.
+
+    Raises:
+        MessageValidationError: two keys differ only in case and have different values.
+    """
+    folded = OpaqueData(opaque)
+    clashes = sorted({str(key) for key, value in opaque.items() if isinstance(key, str) and folded.get(key) != value})
+    if clashes:
+        raise MessageValidationError(
+            f"Invalid {media_type} message: opaque_data keys {', '.join(clashes)} differ only in case, with "
+            "different values: opaqueData keys are case-insensitive, give each once."
+        )
+    return folded
 
 
 def _check_group_ids(messages: Iterable[OutgoingMessage]) -> None:

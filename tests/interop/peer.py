@@ -142,7 +142,8 @@ def cmd_produce(args: Namespace) -> int:
         raise SystemExit("--json-content must be a JSON object")
     for media_type, field_types in args.schema:
         make_schema(media_type, field_types)
-    if args.media_type not in REFERENCE_SCHEMAS:
+    wildcard = args.media_type.rpartition(".")[0] + ".*"  # a --schema for it: the registry matches it
+    if args.media_type not in REFERENCE_SCHEMAS and wildcard not in REFERENCE_SCHEMAS:
         make_schema(args.media_type, infer_field_types(content))
     for schema_cls in REFERENCE_SCHEMAS.values():
         schema(schema_cls)
@@ -176,6 +177,9 @@ def cmd_produce(args: Namespace) -> int:
 
 HANDLED: list[dict[str, Any]] = []
 FAILURES_LEFT = [0]
+RELAY: dict[str, Any] = {}
+"""``--relay-media-type``: each handled message is published again from inside its handler (``graph.sns_producer``,
+so microcosm-pubsub's SQSMessageContext forwards the inbound opaqueData, x-request-ttl included)."""
 
 
 def record(content: dict[str, Any]) -> bool:
@@ -209,7 +213,11 @@ def register_handler(media_type: str, schema_cls: type[PubSubMessageSchema]) -> 
             self.graph = graph
 
         def __call__(self, content: dict[str, Any]) -> bool:
-            return record(content)
+            handled = record(content)
+            if RELAY:
+                body = {k: v for k, v in content.items() if k not in ("media_type", "opaque_data", "uri")}
+                self.graph.sns_producer.produce(RELAY["media_type"], body, uri=content.get("uri"))
+            return handled
 
     Handler.__name__ = Handler.__qualname__ = f"Handler_{key}"
     binding(key)(Handler)
@@ -255,7 +263,15 @@ def cmd_consume(args: Namespace) -> int:
         },
         sqs_envelope={"strategy_name": args.envelope},
     )
-    daemon = PeerConsumerDaemon(handler_keys)
+    keys = list(handler_keys)
+    if args.relay_media_type:
+        RELAY["media_type"] = args.relay_media_type
+        config.update(
+            sns_producer={"endpoint_url": args.endpoint_url, "region_name": args.region, "skip": "false"},
+            sns_topic_arns={"default": args.relay_topic_arn},
+        )
+        keys += ["sns_topic_arns", "sns_producer"]
+    daemon = PeerConsumerDaemon(keys)
     daemon.args = Namespace(
         debug=False,
         testing=False,
@@ -338,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="CodecSQSEnvelope",
         help="sqs_envelope.strategy_name (microcosm default: CodecSQSEnvelope)",
     )
+    consume.add_argument("--relay-media-type", default=None, help="publish each handled message again, as this")
+    consume.add_argument("--relay-topic-arn", default=None, help="the topic of --relay-media-type")
     consume.set_defaults(func=cmd_consume)
     return parser
 

@@ -24,7 +24,7 @@ PUBLIC = {
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
-LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "cli"]
+LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "compat", "cli"]
 ROOT = Path(microbus.__file__).parent
 
 

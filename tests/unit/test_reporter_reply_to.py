@@ -161,3 +161,21 @@ def test_localstack_path_style_queue_urls_match_by_name_and_arn():
     assert not ReplyQueues(["arn:aws:sqs:eu-west-1:000000000000:fulfilment-callbacks"]).allows(callbacks)
     other_account = "http://127.0.0.1:4566/queue/us-east-1/111111111111/fulfilment-callbacks"
     assert not ReplyQueues(["fulfilment-callbacks"], home_queue_url=home).allows(other_account)
+
+
+def test_a_target_whose_ttl_ran_out_is_reported_as_not_run():
+    # Given a target message at the end of its x-request-ttl
+    expired = message(CALLBACKS)
+    expired.content["opaque_data"] = {**expired.content["opaque_data"], "x-request-ttl": "1"}
+    sqs = RecordingSQS()
+    reporter = ParallelReporter(sqs_client=sqs, schema_registry=SchemaRegistry(), allowed_reply_queues=[CALLBACKS])
+    calls = []
+    dispatcher = SQSMessageDispatcher(
+        handler_registry=HandlerRegistry({MEDIA_TYPE: calls.append}), middleware=[reporter]
+    )
+    result = dispatcher.handle(expired)
+    # Then it is dropped unrun, and its report says so rather than ok
+    assert calls == [] and result.reason == "ttl-expired"
+    (report,) = sqs.sent
+    body = json.loads(report["MessageBody"])
+    assert body["ok"] is False and body["exception"] == "ttl-expired"
