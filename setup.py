@@ -22,6 +22,13 @@ setup(
         "yaml": [
             "PyYAML>=6",
         ],
+        "metrics": [
+            "prometheus-client>=0.17",
+        ],
+        "otel": [
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
+        ],
         "local": [
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
@@ -42,6 +49,9 @@ setup(
             "boto3-stubs[sns,sqs,dynamodb,s3]",
             "PyYAML>=6",
             "types-PyYAML",
+            "prometheus-client>=0.17",
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
             "playwright>=1.40",
         ],
     },

@@ -2,7 +2,7 @@
 
 from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.daemon import ConsumerDaemon
+from microbus.consume.daemon import ConsumerDaemon, register_operations
 from microbus.consume.dispatch import (
     Action,
     Middleware,
@@ -49,6 +49,7 @@ from microbus.errors import (
     TransportError,
     UnexpectedResponseError,
 )
+from microbus.ops.daemon import DaemonOperations
 from microbus.patterns.aws_lambda import LambdaHandler, make_lambda_handler
 from microbus.patterns.fanin import CallbackDaemon, CallbackRunner, FanInStore
 from microbus.patterns.idempotency import (
@@ -66,6 +67,8 @@ from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
 from microbus.wire.schemas import SchemaRegistry, schema
 from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
+
+register_operations(DaemonOperations)  # the composition root: the core never imports the operations layer
 
 __all__ = [
     # codec

@@ -69,6 +69,7 @@ def _depth(sqs: Any, url: str) -> int:
 @click.option("--reason", "reasons", multiple=True, help="Only this microbus.reason (repeatable).")
 @click.option("--older-than", "min_age_s", callback=duration, help="Only dead-lettered longer ago (90s, 10m, 2h, 1d).")
 @click.option("--newer-than", "max_age_s", callback=duration, help="Only dead-lettered more recently.")
+@click.option("--to", "to", help="Source queue to redrive to (name or URL), where the DLQ has several.")
 @click.option("--max", "max_messages", type=click.IntRange(min=1), help="Redrive at most this many.")
 @click.option("--copy", "copy_only", is_flag=True, help="Copy-and-delete even where StartMessageMoveTask exists.")
 @json_option
@@ -79,6 +80,7 @@ def redrive(
     reasons: tuple[str, ...],
     min_age_s: float | None,
     max_age_s: float | None,
+    to: str | None,
     max_messages: int | None,
     copy_only: bool,
     as_json: bool,
@@ -95,7 +97,13 @@ def redrive(
     progress = _Progress(enabled=not as_json and sys.stderr.isatty())
     try:
         result = deadletters.redrive(
-            sqs, queue, only=only, max_messages=max_messages, use_move_task=not copy_only, on_progress=progress
+            sqs,
+            queue,
+            to=to,
+            only=only,
+            max_messages=max_messages,
+            use_move_task=not copy_only,
+            on_progress=progress,
         )
     finally:
         progress.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -49,12 +50,10 @@ def emulator(reference: str, no_topology: bool, port: int, pid_file: Path | None
     try:
         with EmbeddedEmulator(port=port) as embedded:
             url = str(embedded.endpoint_url)
-            click.echo(url)
+            _say(url)
             if not no_topology:
                 applied = embedded.apply(resolve_topology(reference))
-                click.echo(
-                    json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls})
-                )
+                _say(json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}))
                 click.echo(f"topology {reference}: {applied.plan.summary()}", err=True)
             if pid_file is not None:
                 written.append(_write(pid_file, str(os.getpid())))
@@ -69,6 +68,16 @@ def emulator(reference: str, no_topology: bool, port: int, pid_file: Path | None
             path.unlink(missing_ok=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _say(line: str) -> None:
+    """Print a line on stdout; a reader that went away (``microbus emulator | head -1``) does not stop serving."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit flush then has nowhere to fail
+        os.close(devnull)
 
 
 def _write(path: Path, text: str) -> Path:

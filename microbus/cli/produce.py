@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from microbus.cli.common import CONTEXT_SETTINGS, REFERENCE_TOPOLOGY, TOPOLOGY_HELP, InputError, aws_options
-from microbus.errors import MessageValidationError, MicrobusError, TransportError
+from microbus.errors import CodecError, ConfigurationError, MicrobusError, TransportError
 from microbus.ops import inspect
 from microbus.produce.producer import OutgoingMessage, SNSProducer, TopicArns
 from microbus.topology import resolve_topology
@@ -116,7 +116,7 @@ def _import(module: str) -> None:
 def _validated(build: Any, where: str) -> Any:
     try:
         return build()
-    except MessageValidationError as exc:
+    except (CodecError, ConfigurationError) as exc:  # invalid, too large, no group id for a FIFO topic
         raise InputError(f"The message in {where} is not valid: {str(exc).rstrip('.')}; nothing was published") from exc
 
 

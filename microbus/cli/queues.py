@@ -138,9 +138,16 @@ def peek(queue: str, count: int, no_body: bool, as_json: bool, settings: AWSSett
     (ApproximateReceiveCount), which the queue's redrive policy counts too.
     """
     sqs = settings.client("sqs")
-    messages = inspect.peek(sqs, queue, max_messages=count)
+    url = inspect.queue_url(sqs, queue)
+    messages = inspect.peek(sqs, url, max_messages=count)
     print_messages(messages, body=not no_body, as_json=as_json)
     if not as_json:
+        click.echo(f"{len(messages)} message(s) of {inspect.queue_name(url)}, released.", err=True)
+    limit = inspect.queue_stats(sqs, url).max_receive_count
+    near = sum(1 for message in messages if limit is not None and message.receive_count >= limit)
+    if near:
         click.echo(
-            f"{len(messages)} message(s) of {inspect.queue_name(inspect.queue_url(sqs, queue))}, released.", err=True
+            f"Warning: {near} message(s) reached the queue's maxReceiveCount ({limit}): the next receive, "
+            "a peek too, moves them to the dead-letter queue.",
+            err=True,
         )

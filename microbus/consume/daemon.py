@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import click
 from microcosm.api import create_object_graph, load_each, load_from_dict, load_from_environ
@@ -16,6 +16,7 @@ from microcosm.object_graph import ObjectGraph
 
 from microbus.consume.breaker import circuit_breaker_from_config
 from microbus.consume.consumer import QueueInfo, SQSConsumer, live_queue_warnings
+from microbus.consume.dispatch import RECORD_FIELDS
 from microbus.consume.worker import Worker, install_signal_handlers, transport_backoff_s
 from microbus.errors import ConfigurationError, EndpointUnreachableError, MicrobusError, TransientTransportError
 from microbus.wire.codecs import PubSubMessageSchema
@@ -37,6 +38,67 @@ class QueueDeclaration:
 
 QueueDeclarations = Callable[[str], QueueDeclaration | None]
 """Daemon name → its declaration, or None; the graph's ``queue_declarations`` (the topology layer provides it)."""
+
+
+class Operations(Protocol):
+    """What a daemon process gets from the operations layer (:class:`microbus.ops.daemon.DaemonOperations`):
+    log formats, metrics and the health endpoint. The core never imports that layer; the package root
+    registers it with :func:`register_operations`."""
+
+    def configure_logging(self, *, debug: bool, log_format: str) -> None:
+        """Configure the process's logging."""
+
+    def attach(self, workers: Sequence[Worker]) -> None:
+        """Observe the workers and serve the endpoint, before they start."""
+
+    def started(self) -> None:
+        """Every worker started."""
+
+    def close(self) -> None:
+        """The daemon stopped."""
+
+
+OperationsFactory = Callable[..., Operations]
+_operations: list[OperationsFactory] = []
+
+DEFAULT_STATS_INTERVAL_S = 60.0
+
+
+def register_operations(factory: OperationsFactory) -> None:
+    """Register the operations layer: ``factory(metrics_port=, metrics_host=, receive_bound_s=)``."""
+    _operations[:] = [factory]
+
+
+def stats_line(worker: Worker) -> str:
+    """A worker's counters, and what it holds, for the periodic stats line."""
+    stats = worker.stats
+    down = ",".join(sorted(worker.activities_down)) or "-"
+    return (
+        f"{worker.name} stats queue={worker.queue_name} received={stats.received} handled={stats.handled} "
+        f"failed={stats.failed} dead_lettered={stats.dead_lettered} released={stats.released} "
+        f"settle_failed={stats.settle_failed} in_flight={stats.in_flight} down={down}"
+    )
+
+
+def log_stats(worker: Worker) -> None:
+    """Log :func:`stats_line` at INFO, with the same figures as fields for structured formatters."""
+    stats = worker.stats
+    fields = {
+        "daemon": worker.name,
+        "queue": worker.queue_name,
+        "stats": {
+            "received": stats.received,
+            "handled": stats.handled,
+            "failed": stats.failed,
+            "dead_lettered": stats.dead_lettered,
+            "released": stats.released,
+            "settle_failed": stats.settle_failed,
+            "in_flight": stats.in_flight,
+            "outcomes": dict(stats.outcomes),
+            "activities_down": sorted(worker.activities_down),
+        },
+    }
+    logger.info("%s", stats_line(worker), extra={RECORD_FIELDS: fields})
 
 
 class ConsumerDaemon:
@@ -151,6 +213,7 @@ class ConsumerDaemon:
         grace_period_s: float = 30.0,
         heartbeat_fraction: float = 0.5,
         prefetch: int | None = None,
+        log_bodies: bool = False,
         circuit_breaker: bool | None = None,
     ) -> Worker:
         """Check the queue (:meth:`check_queue`) and build the worker that runs it.
@@ -195,6 +258,7 @@ class ConsumerDaemon:
             prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
             grace_period_s=grace_period_s,
             heartbeat_fraction=heartbeat_fraction,
+            log_bodies=log_bodies,
             circuit_breaker=breaker,
         )
 
@@ -229,12 +293,18 @@ class ConsumerDaemon:
         grace_period_s: float = 30.0,
         heartbeat_fraction: float = 0.5,
         prefetch: int | None = None,
+        stats_interval_s: float = DEFAULT_STATS_INTERVAL_S,
+        operations: Operations | None = None,
+        log_bodies: bool = False,
         circuit_breaker: bool | None = None,
     ) -> None:
         """Run this daemon and its :attr:`companions` until SIGTERM/SIGINT, then shut them all down gracefully.
 
-        Each queue gets its own worker; one signal stops them all, and each gets the same grace period.
-        ``circuit_breaker`` True gives each worker its own circuit breaker (see :meth:`create_worker`).
+        Each queue gets its own worker; one signal stops them all, and each gets the same grace period. Every
+        ``stats_interval_s`` (0: never) each worker's counters are logged in one line; ``operations`` observes
+        the workers and serves their metrics and health while they run. ``log_bodies`` adds each message's
+        body (bounded) to its outcome line. ``circuit_breaker`` True gives each worker its own circuit breaker
+        (see :meth:`create_worker`).
         """
         companions = [
             cls(debug=self.debug, testing=self.testing, **self._companion_overrides()) for cls in self.companions
@@ -243,6 +313,7 @@ class ConsumerDaemon:
             "concurrency": concurrency,
             "grace_period_s": grace_period_s,
             "heartbeat_fraction": heartbeat_fraction,
+            "log_bodies": log_bodies,
             "circuit_breaker": circuit_breaker,
         }
         workers = [self.create_worker(prefetch=prefetch, **options)]
@@ -257,22 +328,41 @@ class ConsumerDaemon:
                 ) from exc
             workers.append(worker)
         install_signal_handlers(workers)
-        for daemon, worker in zip([self, *companions], workers, strict=True):
+        if operations is not None:
+            operations.attach(workers)
+        try:
+            self._run_workers([self, *companions], workers, stats_interval_s, operations)
+        finally:
+            if operations is not None:
+                operations.close()
+        fatal = next((worker.fatal_error for worker in workers if worker.fatal_error is not None), None)
+        if fatal is not None:
+            raise fatal
+
+    @staticmethod
+    def _run_workers(
+        daemons: list[ConsumerDaemon], workers: list[Worker], stats_interval_s: float, operations: Operations | None
+    ) -> None:
+        for daemon, worker in zip(daemons, workers, strict=True):
             logger.info(
                 "%s consuming %s with concurrency %d", daemon.name, worker.consumer.queue_url, worker.concurrency
             )
             worker.start()
+        if operations is not None:
+            operations.started()
+        next_stats = time.monotonic() + stats_interval_s
         while not all(worker.stopping for worker in workers):  # a fatal error in one stops them all
             if any(worker.fatal_error is not None for worker in workers):
                 for worker in workers:
                     worker.stop()
-            time.sleep(0.2)
-        for daemon, worker in zip([self, *companions], workers, strict=True):
+            if stats_interval_s > 0 and time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + stats_interval_s
+                for worker in workers:
+                    log_stats(worker)
+            time.sleep(min(0.2, max(0.05, stats_interval_s)) if stats_interval_s > 0 else 0.2)
+        for daemon, worker in zip(daemons, workers, strict=True):
             worker.join()
             logger.info("%s stopped: %s", daemon.name, worker.stats.outcomes)
-        fatal = next((worker.fatal_error for worker in workers if worker.fatal_error is not None), None)
-        if fatal is not None:
-            raise fatal
 
     def _companion_overrides(self) -> dict[str, Any]:
         """The command line's settings that apply to companions too: the endpoint and the long-poll wait."""
@@ -325,6 +415,47 @@ def daemon_options(function: Any) -> Any:
             help="Stop receiving while most handlers fail, then try one message (settings: worker.circuit_breaker).",
         ),
         click.option("--debug", is_flag=True, help="Debug logging."),
+        click.option(
+            "--log-format",
+            type=click.Choice(["human", "json"]),
+            default="human",
+            envvar="MICROBUS_LOG_FORMAT",
+            show_default=True,
+            help="Log lines for people, or one JSON object per line.",
+        ),
+        click.option(
+            "--log-bodies", is_flag=True, help="Add each message's body (bounded) to its outcome line: may hold data."
+        ),
+        click.option(
+            "--stats-interval",
+            type=click.FloatRange(0.0),
+            default=DEFAULT_STATS_INTERVAL_S,
+            envvar="MICROBUS_STATS_INTERVAL",
+            show_default=True,
+            help="Seconds between stats lines (0: none).",
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(0, 65535),
+            default=None,
+            envvar="MICROBUS_METRICS_PORT",
+            help="Serve /metrics, /health and /ready on this port (0: any free port).",
+        ),
+        click.option(
+            "--metrics-host",
+            default="127.0.0.1",
+            envvar="MICROBUS_METRICS_HOST",
+            show_default=True,
+            help="Address of the metrics port.",
+        ),
+        click.option(
+            "--health-receive-bound",
+            type=click.FloatRange(1.0),
+            default=60.0,
+            envvar="MICROBUS_HEALTH_RECEIVE_BOUND",
+            show_default=True,
+            help="/health fails when no receive completed for this many seconds.",
+        ),
         click.option("--testing", is_flag=True, help="Testing mode of the object graph."),
     ]
     for option in reversed(options):
@@ -334,14 +465,12 @@ def daemon_options(function: Any) -> Any:
 
 def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
     """Configure logging, build the daemon from command-line options and run it; clear errors, no tracebacks."""
-    logging.basicConfig(
-        level=logging.DEBUG if options["debug"] else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    operations = _operations[0](
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
+        receive_bound_s=options["health_receive_bound"],
     )
-    if options["debug"]:
-        for noisy in ("botocore", "boto3", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.INFO)
-    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # not "Found credentials in …" first
+    operations.configure_logging(debug=options["debug"], log_format=options["log_format"])
     overrides = daemon_overrides(options["sqs_queue_url"], options["endpoint_url"], options["wait_seconds"])
     for signum in (signal.SIGTERM, signal.SIGINT):  # until the worker runs, a signal just exits cleanly
         signal.signal(signum, _exit_before_start)
@@ -352,6 +481,9 @@ def run_daemon(cls: type[ConsumerDaemon], **options: Any) -> None:
             grace_period_s=options["grace_period"],
             heartbeat_fraction=options["heartbeat_fraction"],
             prefetch=options["prefetch"],
+            stats_interval_s=options["stats_interval"],
+            operations=operations,
+            log_bodies=options["log_bodies"],
             circuit_breaker=options.get("circuit_breaker"),
         )
     except MicrobusError as exc:

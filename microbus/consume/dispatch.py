@@ -43,6 +43,7 @@ from microbus.wire.context import (
 )
 from microbus.wire.delivery import DELIVER_AT_KEY, parse_due
 from microbus.wire.sanitize import log_repr, log_text
+from microbus.wire.tracecontext import consumer_span, end_consumer_span
 
 if TYPE_CHECKING:
     from microcosm.object_graph import ObjectGraph
@@ -266,16 +267,22 @@ class SQSMessageDispatcher:
         early = self._not_due(message)
         if early is not None:
             return early
-        for middleware in self.middleware:
-            self._hook(message, None, functools.partial(_sync_hook, middleware.before_handle, message))
-        handler, rejected = self._find(message)
-        result = rejected or self._outcome(message, lambda: self._call(handler, message))
-        return self._finish(message, result, started, max_attempts, sync=True)
+        with consumer_span(message, queue_url=_queue_url(message), daemon=self.source) as span:
+            for middleware in self.middleware:
+                self._hook(message, None, functools.partial(_sync_hook, middleware.before_handle, message))
+            handler, rejected = self._find(message)
+            result = rejected or self._outcome(message, lambda: self._call(handler, message))
+            result = self._finish(message, result, started, max_attempts, sync=True)
+            _end_span(span, result)
+        return result
 
     async def handle_async(self, message: SQSMessage, *, max_attempts: int | None = None) -> Result:
         """Like :meth:`handle`, awaiting the handler and any async middleware hooks."""
         with message_context(self.context_of(message)):
-            return await self._handle_async(message, max_attempts)
+            with consumer_span(message, queue_url=_queue_url(message), daemon=self.source) as span:
+                result = await self._handle_async(message, max_attempts)
+                _end_span(span, result)
+            return result
 
     async def _handle_async(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
@@ -466,7 +473,7 @@ class SQSMessageDispatcher:
 
         Transport errors are logged, not raised: the message then reappears after its visibility timeout.
         """
-        log_result(result)
+        log_result(result, message=message, daemon=self.source, queue=consumer.queue_url.rsplit("/", 1)[-1])
         action, delay = result.outcome.action, result.retry_after_s or 0
         try:
             if action is Action.DEAD_LETTER and consumer.dead_letter_queue_url() is None:
@@ -501,31 +508,84 @@ class SQSMessageDispatcher:
         log_result(result)
 
 
-_RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s"
+_RESULT_LINE = "%s %s id=%r receive_count=%d elapsed=%.3fs%s%s%s%s"
+_BODY_LIMIT = 2000
+"""Characters of a body in an outcome line, when bodies are logged at all."""
 _ERROR_LIMIT = 300
 """Characters of an error's text in the outcome line (it may embed wire values, each already bounded)."""
+_ID_LIMIT = 100
+"""Characters of an id taken from a message body (the SNS MessageId, the cid) in a log line."""
+_WITH_TRACEBACK = (Outcome.FAILED, Outcome.EXPIRED)
+RECORD_FIELDS = "microbus"
+"""The log record attribute holding an outcome line's fields (a dict), for structured (JSON) formatters."""
 
 
-def log_result(result: Result) -> None:
+def log_result(
+    result: Result,
+    *,
+    message: SQSMessage | None = None,
+    daemon: str | None = None,
+    queue: str | None = None,
+    with_body: bool = False,
+) -> None:
     """One line per message outcome, at the outcome's level; never the body. Costs nothing when disabled.
 
-    The media type, reason and error text may come from the wire: each is bounded (:func:`log_text`).
+    The line names the daemon and queue (when given), the media type, the SQS and SNS message ids, the cid,
+    the attempt (receive count), the outcome and the handler's elapsed time; the record carries the same as a
+    dict in its ``microbus`` attribute (:data:`RECORD_FIELDS`). A handler's exception comes with its traceback
+    on the first attempt (at the outcome's level, WARNING), and on later attempts only when DEBUG is enabled.
+    Values from the wire (media type, SNS id, cid, reason, error text) are bounded (:func:`log_text`). The
+    body is left out unless ``with_body`` (then it is bounded to :data:`_BODY_LIMIT` characters).
     """
     level = result.outcome.level
     if not logger.isEnabledFor(level):
         return
+    fields: dict[str, Any] = {
+        "daemon": daemon,
+        "queue": queue,
+        "media_type": log_text(result.media_type) if result.media_type is not None else None,
+        "message_id": result.message_id,
+        "sns_message_id": _bounded(message.sns_message_id) if message is not None else None,
+        "cid": _bounded(message.cid) if message is not None else None,
+        "attempt": result.receive_count,
+        "outcome": result.outcome.label,
+        "elapsed_s": round(result.elapsed_s, 6),
+        "reason": log_text(result.reason) if result.reason else None,
+        "error": f"{type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else None,
+        "body": log_text(message.body, _BODY_LIMIT) if with_body and message is not None else None,
+    }
+    where = "".join(f" {key}={fields[key]}" for key in ("daemon", "queue") if fields[key])
+    ids = "".join(f" {key}={fields[key]!r}" for key in ("sns_message_id", "cid") if fields[key])
     args = (
         result.outcome.label,
-        log_text(result.media_type),
+        fields["media_type"],
         result.message_id,
         result.receive_count,
         result.elapsed_s,
-        f" reason={log_text(result.reason)}" if result.reason else "",
-        f" error={type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else "",
+        where + ids,
+        f" reason={fields['reason']}" if fields["reason"] else "",
+        f" error={fields['error']}" if fields["error"] else "",
+        f" body={fields['body']}" if fields["body"] is not None else "",
     )
     # makeRecord + handle: the same record and handlers as logger.log, without walking the stack for the caller
-    record = logger.makeRecord(logger.name, level, __file__, 0, _RESULT_LINE, args, None, "log_result")
+    record = logger.makeRecord(
+        logger.name, level, __file__, 0, _RESULT_LINE, args, _traceback(result), "log_result", {RECORD_FIELDS: fields}
+    )
     logger.handle(record)
+
+
+def _bounded(value: str | None) -> str | None:
+    return None if value is None else log_text(value, _ID_LIMIT)
+
+
+def _traceback(result: Result) -> tuple[type[BaseException], BaseException, Any] | None:
+    """A handler's exception for the outcome line: on its first attempt, or on any attempt at DEBUG."""
+    error = result.error
+    if error is None or result.outcome not in _WITH_TRACEBACK or isinstance(error, (Nack, DecodeError)):
+        return None
+    if result.receive_count > 1 and not logger.isEnabledFor(logging.DEBUG):
+        return None
+    return type(error), error, error.__traceback__
 
 
 @defaults(
@@ -567,6 +627,16 @@ def _middleware(graph: ObjectGraph, names: list[str]) -> list[Middleware]:
 
 def _result(message: SQSMessage, outcome: Outcome, **kwargs: Any) -> Result:
     return Result(outcome, message.media_type, message.message_id, message.approximate_receive_count, **kwargs)
+
+
+def _queue_url(message: SQSMessage) -> str | None:
+    url = getattr(message.consumer, "queue_url", None)
+    return url if isinstance(url, str) else None
+
+
+def _end_span(span: Any, result: Result) -> None:
+    failed = result.outcome in (Outcome.FAILED, Outcome.EXPIRED, Outcome.REJECTED)
+    end_consumer_span(span, outcome=result.outcome.label, error=result.error, failed=failed)
 
 
 def _sync_hook(hook: Callable[..., Any], *args: Any) -> None:

@@ -82,6 +82,8 @@ class LifecycleEvent:
     activity: str | None = None
     error: BaseException | None = None
     detail: str | None = None
+    message: SQSMessage | None = None
+    """The message itself (its ids, cid, attributes and publish time); None for activity events."""
 
 
 class LifecycleObserver(Protocol):
@@ -181,5 +183,6 @@ class Tracked:
             message_id=message.message_id,
             media_type=message.media_type,
             receive_count=message.approximate_receive_count,
+            message=message,
             **details,  # type: ignore[arg-type]
         )

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from microbus.errors import DecodeError, MissingMediaTypeError, PayloadError
 from microbus.wire.codecs import MESSAGE_ID_KEY
-from microbus.wire.context import OpaqueData
-from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.context import CID_KEY, OpaqueData
+from microbus.wire.envelope import unwrap
 from microbus.wire.payloads import PayloadPointer, is_offloaded
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ class SQSMessage:
     sns_message_id: str | None = None
     message_group_id: str | None = None
     message_attributes: dict[str, Any] = field(default_factory=dict)
+    sent_at: float | None = None
+    """When it was published, as epoch seconds: the SNS envelope's ``Timestamp``, else SQS's ``SentTimestamp``."""
+    envelope_attributes: dict[str, str] = field(default_factory=dict)
+    """The SNS envelope's string message attributes (enveloped delivery), name → value."""
     payload_pointer: PayloadPointer | None = None
     """Where the body was fetched from, when it was offloaded to S3 (``body`` is then the pointer)."""
 
@@ -67,6 +71,20 @@ class SQSMessage:
         if self.content is None:
             return OpaqueData()
         return OpaqueData(self.content.get("opaque_data") or {})
+
+    @property
+    def cid(self) -> str:
+        """The correlation id its handler runs under: the inbound ``x-microbus-cid``, else :attr:`idempotency_key`."""
+        opaque = self.opaque_data
+        cid = opaque.get(CID_KEY)
+        return cid if isinstance(cid, str) and cid else self.idempotency_key_in(opaque)
+
+    def attribute(self, name: str) -> str | None:
+        """A string message attribute: the SQS one (raw delivery), else the SNS envelope's."""
+        value = self.message_attributes.get(name)
+        if isinstance(value, dict) and isinstance(value.get("StringValue"), str):
+            return str(value["StringValue"])
+        return self.envelope_attributes.get(name)
 
     @property
     def idempotency_key(self) -> str:
@@ -128,10 +146,18 @@ def decode_raw_message(
         approximate_receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
         message_attributes=raw.get("MessageAttributes", {}),
         message_group_id=attributes.get("MessageGroupId"),
+        sent_at=_epoch_ms(attributes.get("SentTimestamp")),
     )
     try:
         body = _fetched_body(message, payload_store)
-        obj, message.topic_arn, message.sns_message_id = unwrap_envelope(body)
+        unwrapped = unwrap(body)
+        obj, message.topic_arn, message.sns_message_id = (
+            unwrapped.message,
+            unwrapped.topic_arn,
+            unwrapped.sns_message_id,
+        )
+        message.envelope_attributes = unwrapped.attributes
+        message.sent_at = unwrapped.published_at or message.sent_at
         media_type = obj.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             raise MissingMediaTypeError("Message has no mediaType")
@@ -142,6 +168,13 @@ def decode_raw_message(
     except Exception as exc:  # whatever the content, one message never takes its batch down
         message.error = DecodeError(f"Message could not be decoded: {type(exc).__name__}: {exc}")
     return message
+
+
+def _epoch_ms(value: Any) -> float | None:
+    """SQS's epoch milliseconds (a string of digits) as epoch seconds; None when absent or malformed."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 16:
+        return None
+    return int(value) / 1000
 
 
 def _fetched_body(message: SQSMessage, payload_store: S3PayloadStore | None) -> str:

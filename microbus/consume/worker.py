@@ -89,6 +89,11 @@ class Stats:
                 self.settle_failed += 1
 
     @property
+    def in_flight(self) -> int:
+        """Messages received and not yet settled (waiting, running or settling)."""
+        return self.received - self.settled - self.released - self.settle_failed
+
+    @property
     def handled(self) -> int:
         """Messages whose handler returned (succeeded, skipped or ignored)."""
         return sum(self.outcomes[o.label] for o in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.IGNORED))
@@ -105,12 +110,25 @@ class Stats:
 
 
 class LogObserver:
-    """One line per finished message (at its outcome's level, never the body), and one per settle failure."""
+    """One line per finished message (at its outcome's level, never the body), and one per settle failure.
+
+    Parameters:
+        daemon: names the daemon in each line.
+        queue: names the queue in each line.
+        log_bodies: add the message's body, bounded (off by default: bodies may hold personal data).
+    """
+
+    def __init__(self, *, daemon: str | None = None, queue: str | None = None, log_bodies: bool = False) -> None:
+        self.daemon = daemon
+        self.queue = queue
+        self.log_bodies = log_bodies
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Log the transitions worth a line."""
         if event.kind is EventKind.FINISHED and event.result is not None:
-            log_result(event.result)
+            log_result(
+                event.result, message=event.message, daemon=self.daemon, queue=self.queue, with_body=self.log_bodies
+            )
         elif event.kind is EventKind.SETTLE_FAILED:
             logger.warning("Message %r not settled (%s); it will be redelivered", event.message_id, event.detail)
 
@@ -134,6 +152,7 @@ class Worker:
         max_hold_s: the longest a message is held under the heartbeat (SQS's limit is 12 h).
         settle_in_flight: settle batch calls in flight at once (default: two per receiver, at least 4).
         observers: receive every lifecycle event (besides the worker's own stats and log lines).
+        log_bodies: add each message's body (bounded) to its outcome line; off by default.
         circuit_breaker: stops receiving while most handlers fail (None: never stops).
     """
 
@@ -151,6 +170,7 @@ class Worker:
         max_hold_s: float = SQS_MAX_HOLD_S,
         settle_in_flight: int | None = None,
         observers: Iterable[LifecycleObserver] = (),
+        log_bodies: bool = False,
         circuit_breaker: CircuitBreaker | None = None,
     ) -> None:
         self.consumer = consumer
@@ -170,7 +190,15 @@ class Worker:
         self.settle_in_flight = settle_in_flight or max(4, 2 * self.receivers)
         self.heartbeat: VisibilityHeartbeat | None = None
         self.stats = Stats()
-        self.observers = Observers([self.stats, LogObserver(), *observers])
+        self.name = dispatcher.source
+        """The daemon's name (the dispatcher's source), in log lines and metrics."""
+        self.queue_name = queue_name(consumer.queue_url)
+        self.last_receive_at: float | None = None
+        """``time.monotonic()`` when a receive last completed (with or without messages), or the poller last held
+        back on purpose (at capacity, or the circuit open); None before the first. ``/health`` bounds its age."""
+        self.observers = Observers(
+            [self.stats, LogObserver(daemon=self.name, queue=self.queue_name, log_bodies=log_bodies), *observers]
+        )
         self.circuit_breaker = circuit_breaker
         if circuit_breaker is not None:
             self.observers.add(circuit_breaker)
@@ -372,10 +400,12 @@ class Worker:
             return
         permit = self._circuit_permit()
         if permit is None:
+            self._poller_alive()  # the circuit is open: paused on purpose
             return
         reserved = self._reserve(self._wanted)
         if not reserved:
             self._admit([], permit)  # a trial permit goes back
+            self._poller_alive()  # at capacity: waiting for room
             return
         started = time.monotonic()
         try:
@@ -384,6 +414,7 @@ class Worker:
             self._unreserve(reserved)
             self._admit([], permit)
             raise
+        self.last_receive_at = time.monotonic()
         self._unreserve(reserved - len(messages))
         if self._idle != (not messages):
             with self._cond:
@@ -392,6 +423,11 @@ class Worker:
         if not messages and time.monotonic() - started < _IDLE_PAUSE_S:
             self._stopping.wait(_IDLE_PAUSE_S)
         self._admit(messages, permit)
+
+    def _poller_alive(self) -> None:
+        """The poller did not receive, on purpose (full, or the circuit open): it counts as alive for ``/health``."""
+        if not self.stopping:
+            self.last_receive_at = time.monotonic()
 
     def _wait_while_idle(self) -> bool:
         """Extra receivers rest while the queue looks empty (the first one keeps polling); True if rested."""
@@ -630,6 +666,11 @@ class Worker:
             self._held -= 1
             if self.capacity - self._held == self._wanted:  # a receive batch fits again
                 self._cond.notify_all()
+
+
+def queue_name(queue_url: str) -> str:
+    """A queue's name: the last path segment of its URL."""
+    return queue_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _runtime_error(message: SQSMessage, error: BaseException) -> Result:

@@ -50,18 +50,33 @@ ProgressCallback = Callable[[int, int | None], None]
 
 @dataclass(frozen=True)
 class DeadLetterQueue:
-    """A dead-letter queue and the source queue its messages are redriven to."""
+    """A dead-letter queue and the source queues whose redrive policy names it."""
 
     url: str
     arn: str
-    source_url: str | None
-    source_arn: str | None
     fifo: bool
+    source_urls: tuple[str, ...]
 
     @property
     def name(self) -> str:
         """The dead-letter queue's name."""
         return queue_name(self.url)
+
+    def only_source(self) -> str:
+        """The URL of its one source queue.
+
+        Raises:
+            ConfigurationError: it is the dead-letter queue of several queues (or of none any more).
+        """
+        if len(self.source_urls) == 1:
+            return self.source_urls[0]
+        if not self.source_urls:
+            raise ConfigurationError(f"No queue uses {self.name!r} as its dead-letter queue: say where to redrive to")
+        names = ", ".join(queue_name(url) for url in self.source_urls[:5])
+        raise ConfigurationError(
+            f"{self.name!r} is the dead-letter queue of {len(self.source_urls)} queues ({names}): say which one "
+            "to redrive to (--to QUEUE)"
+        )
 
 
 def dead_letter_queue(sqs: Any, queue: str) -> DeadLetterQueue:
@@ -77,28 +92,32 @@ def dead_letter_queue(sqs: Any, queue: str) -> DeadLetterQueue:
     policy = redrive_policy(attributes)
     if policy is not None:
         dlq_arn = str(policy["deadLetterTargetArn"])
+        dlq_url = url_of_arn(sqs, dlq_arn)
+        with_this_one = sorted(set(_sources(sqs, dlq_url)) | {url})
         return DeadLetterQueue(
-            url=url_of_arn(sqs, dlq_arn),
-            arn=dlq_arn,
-            source_url=url,
-            source_arn=attributes["QueueArn"],
-            fifo=_fifo(attributes),
+            url=dlq_url, arn=dlq_arn, fifo=dlq_arn.endswith(".fifo"), source_urls=tuple(with_this_one)
         )
-    with translate_errors(f"SQS queue {url}"):
-        sources = sqs.list_dead_letter_source_queues(QueueUrl=url).get("queueUrls", [])
+    sources = _sources(sqs, url)
     if not sources:
         raise ConfigurationError(
             f"SQS queue {queue_name(url)!r} has no dead-letter queue and is no queue's dead-letter queue: "
             "give the source queue (with a redrive policy) or its dead-letter queue"
         )
-    source_url = str(sorted(sources)[0])
-    return DeadLetterQueue(
-        url=url,
-        arn=attributes["QueueArn"],
-        source_url=source_url,
-        source_arn=queue_attributes(sqs, source_url)["QueueArn"],
-        fifo=_fifo(attributes),
-    )
+    return DeadLetterQueue(url=url, arn=attributes["QueueArn"], fifo=_fifo(attributes), source_urls=tuple(sources))
+
+
+def _sources(sqs: Any, dlq_url: str) -> list[str]:
+    """The queues whose redrive policy names this one (ListDeadLetterSourceQueues), sorted."""
+    sources: list[str] = []
+    kwargs: dict[str, Any] = {"QueueUrl": dlq_url, "MaxResults": 1000}
+    with translate_errors(f"SQS queue {dlq_url}"):
+        while True:
+            response = sqs.list_dead_letter_source_queues(**kwargs)
+            sources.extend(str(url) for url in response.get("queueUrls", []))
+            token = response.get("NextToken")
+            if not token:
+                return sorted(sources)
+            kwargs["NextToken"] = token
 
 
 def _fifo(attributes: dict[str, str]) -> bool:
@@ -188,33 +207,43 @@ def redrive(
     sqs: Any,
     queue: str,
     *,
+    to: str | None = None,
     only: RedriveFilter | None = None,
     max_messages: int | None = None,
     use_move_task: bool = True,
     on_progress: ProgressCallback | None = None,
     timeout_s: float = 600.0,
 ) -> RedriveResult:
-    """Move dead letters of ``queue`` back to their source queue.
+    """Move dead letters of ``queue`` back to their source queue (``to``, name or URL, where it has several).
 
     With no filter and no ``max_messages``, and ``use_move_task``, SQS's ``StartMessageMoveTask`` moves them
     (on a standard queue where the endpoint has it); else, and when the endpoint refuses it, copy-and-delete.
 
     Raises:
-        QueueNotFoundError, ConfigurationError: as :func:`dead_letter_queue`.
+        QueueNotFoundError, ConfigurationError: as :func:`dead_letter_queue`, and the dead-letter queue has
+            several source queues and ``to`` is None.
         TransportError: SQS could not be reached; what was moved before stays moved.
     """
     dlq = dead_letter_queue(sqs, queue)
-    assert dlq.source_url is not None and dlq.source_arn is not None
+    destination = _Destination(
+        url := queue_url(sqs, to) if to else dlq.only_source(), queue_attributes(sqs, url)["QueueArn"]
+    )
     only = only or RedriveFilter()
     fallback = None
     if use_move_task and only.everything and max_messages is None and not dlq.fifo:
         try:
-            return _move_task(sqs, dlq, on_progress=on_progress, timeout_s=timeout_s)
+            return _move_task(sqs, dlq, destination, on_progress=on_progress, timeout_s=timeout_s)
         except _MoveTaskUnavailable as exc:
             fallback = str(exc)
-    result = _copy_and_delete(sqs, dlq, only=only, max_messages=max_messages, on_progress=on_progress)
+    result = _copy_and_delete(sqs, dlq, destination.url, only=only, max_messages=max_messages, on_progress=on_progress)
     result.fallback_reason = fallback
     return result
+
+
+@dataclass(frozen=True)
+class _Destination:
+    url: str
+    arn: str
 
 
 class _MoveTaskUnavailable(Exception):
@@ -222,12 +251,12 @@ class _MoveTaskUnavailable(Exception):
 
 
 def _move_task(
-    sqs: Any, dlq: DeadLetterQueue, *, on_progress: ProgressCallback | None, timeout_s: float
+    sqs: Any, dlq: DeadLetterQueue, destination: _Destination, *, on_progress: ProgressCallback | None, timeout_s: float
 ) -> RedriveResult:
-    result = RedriveResult(path=MOVE_TASK, source_url=str(dlq.source_url), dead_letter_queue_url=dlq.url)
+    result = RedriveResult(path=MOVE_TASK, source_url=destination.url, dead_letter_queue_url=dlq.url)
     try:
         with translate_errors(f"SQS queue {dlq.url}"):
-            sqs.start_message_move_task(SourceArn=dlq.arn, DestinationArn=dlq.source_arn)
+            sqs.start_message_move_task(SourceArn=dlq.arn, DestinationArn=destination.arn)
     except TransportError as exc:
         response = getattr(exc.__cause__, "response", None) or {}
         code = str(response.get("Error", {}).get("Code", ""))
@@ -265,12 +294,12 @@ def _latest_task(sqs: Any, dlq: DeadLetterQueue) -> dict[str, Any]:
 def _copy_and_delete(
     sqs: Any,
     dlq: DeadLetterQueue,
+    source_url: str,
     *,
     only: RedriveFilter,
     max_messages: int | None,
     on_progress: ProgressCallback | None,
 ) -> RedriveResult:
-    source_url = str(dlq.source_url)
     result = RedriveResult(path=COPY_AND_DELETE, source_url=source_url, dead_letter_queue_url=dlq.url)
     depth = _depth(sqs, dlq.url)
     total = depth if max_messages is None else min(depth, max_messages)

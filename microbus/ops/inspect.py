@@ -19,6 +19,7 @@ from typing import Any
 
 from microbus.errors import DecodeError, MalformedBodyError, QueueNotFoundError, TopicNotFoundError
 from microbus.wire.envelope import unwrap_envelope
+from microbus.wire.sanitize import log_repr
 from microbus.wire.transport import MAX_BATCH, translate_errors
 
 DEAD_LETTER_PREFIX = "microbus."
@@ -46,7 +47,7 @@ def queue_url(sqs: Any, queue: str) -> str:
     """
     if is_queue_url(queue):
         return queue
-    with translate_errors(f"SQS queue {queue!r}"):
+    with translate_errors(f"SQS queue {log_repr(queue, 100)}"):
         return str(sqs.get_queue_url(QueueName=queue)["QueueUrl"])
 
 
@@ -262,7 +263,9 @@ def topic_arn(sns: Any, topic: str) -> str:
     for arn in arns:
         if topic_name(arn) == topic:
             return arn
-    raise TopicNotFoundError(f"SNS topic {topic!r} does not exist: create it (microbus topology apply) or fix the name")
+    raise TopicNotFoundError(
+        f"SNS topic {log_repr(topic, 100)} does not exist: create it (microbus topology apply) or fix the name"
+    )
 
 
 def subscriptions(sns: Any, arn: str) -> list[SubscriptionInfo]:

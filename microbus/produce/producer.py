@@ -32,6 +32,7 @@ from microbus.wire.context import OpaqueData, forwarded_opaque_data
 from microbus.wire.delivery import DELIVER_AT_KEY, due_time, format_due
 from microbus.wire.payloads import S3PayloadStore, size_attribute
 from microbus.wire.schemas import SchemaRegistry
+from microbus.wire.tracecontext import producer_span, trace_attributes
 from microbus.wire.transport import MAX_BATCH, SNSTransport
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class SNSProducer:
                 _check_fifo_id(deduplication_id, "deduplication id", media_type)
         else:
             message_group_id = deduplication_id = None
-        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}}
+        attributes = {"media_type": {"DataType": "String", "StringValue": media_type}, **trace_attributes()}
         size = message_size(message, attributes)
         limit = self.max_message_bytes(topic_arn) if size > SNS_MAX_MESSAGE_BYTES else SNS_MAX_MESSAGE_BYTES
         offload = size > limit
@@ -300,16 +301,20 @@ class SNSProducer:
             ConfigurationError: a FIFO topic, and no message group id (nothing was sent).
             TransportError: SNS could not be reached, or refused, after retries.
         """
-        outgoing = self.create_message(
-            media_type,
-            dct,
-            message_group_id=message_group_id,
-            deduplication_id=deduplication_id,
-            deliver_at=deliver_at,
-            delay=delay,
-            **kwargs,
-        )
-        return self.publish(outgoing)
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            outgoing = self.create_message(
+                media_type,
+                dct,
+                message_group_id=message_group_id,
+                deduplication_id=deduplication_id,
+                deliver_at=deliver_at,
+                delay=delay,
+                **kwargs,
+            )
+            message_id = self.publish(outgoing)
+            if span is not None:
+                span.set_attribute("messaging.message.id", message_id)
+        return message_id
 
     def publish(self, outgoing: OutgoingMessage) -> str:
         """Publish an encoded message, retrying transient failures; return its message id.
@@ -363,19 +368,26 @@ class SNSProducer:
         if deduplication_ids is not None and len(deduplication_ids) != len(contents):
             raise ValueError(f"{len(deduplication_ids)} deduplication ids for {len(contents)} contents")
         dedup_ids = deduplication_ids or [None] * len(contents)
-        return self.publish_many(
-            [
-                self.create_message(
-                    media_type,
-                    content,
-                    message_group_id=message_group_id,
-                    deduplication_id=dedup_id,
-                    deliver_at=deliver_at,
-                    delay=delay,
-                )
-                for content, dedup_id in zip(contents, dedup_ids, strict=True)
-            ]
-        )
+        with producer_span(self._span_topic(media_type), media_type) as span:
+            if span is not None:
+                span.set_attribute("messaging.batch.message_count", len(contents))
+            return self.publish_many(
+                [
+                    self.create_message(
+                        media_type,
+                        content,
+                        message_group_id=message_group_id,
+                        deduplication_id=dedup_id,
+                        deliver_at=deliver_at,
+                        delay=delay,
+                    )
+                    for content, dedup_id in zip(contents, dedup_ids, strict=True)
+                ]
+            )
+
+    def _span_topic(self, media_type: str) -> str:
+        """The topic a media type goes to, for naming its span (empty when none: create_message raises then)."""
+        return self.topic_arns.mappings.get(media_type) or self.topic_arns.default or ""
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish encoded messages with PublishBatch, per topic, in order.

@@ -193,3 +193,27 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert f"port {port}" in result.stderr and result.stderr.strip().count("\n") == 0
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_after_the_first_line_does_not_stop_the_emulator(tmp_path):
+    # Given a script that reads only the endpoint line, as `microbus emulator | head -1` does
+    endpoint_file, log = tmp_path / "emulator.url", tmp_path / "stderr.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [MICROBUS, "emulator", "--endpoint-file", str(endpoint_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        url = URL.search(process.stdout.readline().decode()).group(0)
+        process.stdout.close()
+        # When the topology line is written to the closed pipe, then it keeps serving all the same
+        wait_for(lambda: endpoint_file.exists(), timeout_s=60, what="the endpoint file (after the topology line)")
+        assert_keeps_serving(process, url)
+        stop(process, url)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

@@ -151,3 +151,11 @@ def test_stats_watch_refreshes_until_interrupted(microbus_queue):
         process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_peek_warns_when_a_message_reached_max_receive_count(make_queue):
+    queue = make_queue(max_receive_count=2)
+    queue.sqs.send_message(QueueUrl=queue.queue_url, MessageBody="{}")
+    assert "maxReceiveCount" not in cli(queue, "peek", queue.queue_url).stderr
+    warned = cli(queue, "peek", queue.queue_url).stderr
+    assert "1 message(s) reached the queue's maxReceiveCount (2)" in warned

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_redrive_with_a_reason_filter_copies_only_those_and_leaves_the_rest(make
     result = deadletters.redrive(queue.sqs, queue.queue_url, only=only, on_progress=lambda n, t: progress.append(n))
     assert result.path == deadletters.COPY_AND_DELETE
     assert (result.moved, result.skipped, result.failed, result.not_deleted) == (2, 1, 0, 0)
-    assert progress[-1] == 2
+    assert progress[-1] == 3  # processed: moved, left or refused
     back = _bodies(queue, queue.queue_url)
     assert sorted(m["Body"] for m in back) == sorted([POISON["schema-violation"], POISON["malformed-body"]])
     assert not any(name.startswith("microbus.") for m in back for name in m.get("MessageAttributes", {}))
@@ -109,3 +110,47 @@ def test_a_queue_without_dead_letter_queue_or_missing_is_a_clear_error(make_queu
         deadletters.list_dead_letters(queue.sqs, queue.queue_url)
     with pytest.raises(QueueNotFoundError):
         deadletters.redrive(queue.sqs, "no-such-queue-here")
+
+
+def test_a_dead_letter_queue_shared_by_two_queues_needs_to_say_where_to(make_queue):
+    # Given a second queue whose redrive policy names the first one's DLQ
+    queue = make_queue()
+    dlq_arn = queue.sqs.get_queue_attributes(QueueUrl=queue.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn["QueueArn"], "maxReceiveCount": "5"})
+    other = queue.sqs.create_queue(
+        QueueName=f"{inspect.queue_name(queue.queue_url)}-other", Attributes={"RedrivePolicy": policy}
+    )["QueueUrl"]
+    queue.sqs.send_message(QueueUrl=queue.dlq_url, MessageBody="{}")
+    # Then a redrive without a destination is refused, and moves nothing
+    with pytest.raises(ConfigurationError, match="dead-letter queue of 2 queues"):
+        deadletters.redrive(queue.sqs, queue.queue_url)
+    assert queue.depth(queue.dlq_url) == 1
+    # And with one, it goes there
+    result = deadletters.redrive(queue.sqs, queue.dlq_url, to=inspect.queue_name(other), use_move_task=False)
+    assert result.moved == 1 and result.source_url == other
+    assert queue.depth(other) == 1 and queue.depth() == 0
+
+
+def test_fifo_dead_letters_are_redriven_by_copy_with_their_message_group(microbus_endpoint):
+    # Given a FIFO queue and its FIFO DLQ holding dead letters of two groups (no move task for FIFO queues)
+    sqs = microbus_endpoint.settings().client("sqs")
+    name = f"fifo-{uuid.uuid4().hex[:8]}"
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs.create_queue(
+        QueueName=f"{name}.fifo",
+        Attributes={
+            "FifoQueue": "true",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    for group, body in (("g-1", "a"), ("g-2", "b")):
+        sqs.send_message(QueueUrl=dlq, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=body)
+    # When redriving everything
+    result = deadletters.redrive(sqs, url)
+    # Then the copy path moved both, each in its group
+    assert (result.path, result.moved) == (deadletters.COPY_AND_DELETE, 2)
+    received = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageSystemAttributeNames=["MessageGroupId"]
+    )["Messages"]
+    assert {(m["Body"], m["Attributes"]["MessageGroupId"]) for m in received} == {("a", "g-1"), ("b", "g-2")}
