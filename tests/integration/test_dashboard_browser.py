@@ -20,6 +20,8 @@ from microbus.testing.emulator import Endpoint
 from microbus.testing.fixtures import unavailable
 from schemas import OrderPlaced
 from tests.integration.dashboard_helpers import EVIL, ORDER, closed_port_url, metrics_endpoint, serving
+from tests.integration.test_observability import WORK_MT, Daemon, endpoint_of
+from tests.integration.test_observability import producer as observe_producer
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -235,3 +237,43 @@ def test_an_unreachable_endpoint_shows_a_banner(browser):
             assert banner.inner_text().startswith(f"Cannot read {endpoint.endpoint_url}: Cannot reach SQS")
     finally:
         context.close()
+
+
+@pytest.fixture
+def metered_daemon(microbus_queue: Any) -> Iterator[Daemon]:
+    """A daemon (the observability tests' one) on ``microbus_queue``, serving metrics on a free port."""
+    daemon = Daemon(microbus_queue, "--metrics-port", "0")
+    yield daemon
+    daemon.close()
+
+
+def test_a_running_daemons_handled_counts_and_its_queue_show_on_the_page(microbus_queue, metered_daemon, page):
+    # Given a daemon serving metrics, and the dashboard reading them
+    daemon = metered_daemon
+    metrics_url = endpoint_of(daemon) + "/metrics"
+    name = name_of(microbus_queue.queue_url)
+    with serving(microbus_queue, metrics_urls=(metrics_url,)) as server:
+        page.goto(server.url)
+        # When the daemon handles three messages, one of them failing
+        for n in (1, 2, -1):
+            observe_producer(microbus_queue).produce(WORK_MT, n=n)
+        daemon.wait_for_line("FAILED")
+        # Then the page shows its handled counts by media type and outcome, read from its endpoint
+        row = page.locator(f'tr[data-media-type="{WORK_MT}"]')
+        wait_for(
+            lambda: (
+                row.count() == 1
+                and row.locator('span[data-outcome="SUCCEEDED"]').text_content().strip() == "SUCCEEDED 2"
+            ),
+            timeout_s=30,
+            what="SUCCEEDED 2 on the page",
+        )
+        assert row.locator('span[data-outcome="FAILED"]').text_content().strip().startswith("FAILED ")
+        assert row.locator("td").nth(3).text_content() == "observe-test"
+        assert page.locator(f'li[data-url="{metrics_url}"]').get_attribute("data-ok") == "true"
+        # and the failing message, waiting for its retry, is the only one left in the queue
+        wait_for(
+            lambda: int(shown(page, name, "visible") or 0) + int(shown(page, name, "in_flight") or 0) == 1,
+            timeout_s=30,
+            what="one message left",
+        )
