@@ -29,6 +29,15 @@ setup(
             "opentelemetry-api>=1.20",
             "opentelemetry-sdk>=1.20",
         ],
+        "flask": [
+            "Flask>=2.3",
+        ],
+        "fastapi": [
+            "fastapi>=0.100",
+        ],
+        "outbox": [
+            "SQLAlchemy>=2.0,<3",
+        ],
         "local": [
             "moto[server]>=5.1,<6",
             "PyYAML>=6",
@@ -52,6 +61,12 @@ setup(
             "prometheus-client>=0.17",
             "opentelemetry-api>=1.20",
             "opentelemetry-sdk>=1.20",
+            "Flask>=2.3",
+            "fastapi>=0.100",
+            "httpx>=0.24",
+            "httpx2",
+            "SQLAlchemy>=2.0,<3",
+            "psycopg[binary]>=3.1",
             "playwright>=1.40",
         ],
     },

@@ -62,6 +62,7 @@ from microbus.patterns.parallel import FanOutPublishError, Parallel, callback, r
 from microbus.patterns.reporter import FailureMode, ParallelReporter
 from microbus.patterns.request_reply import Replier, Requester
 from microbus.produce.producer import SNSProducer, TopicArns
+from microbus.web import DeferredPublishMiddleware, deferred_publish
 from microbus.wire.codecs import PubSubMessageCodec, PubSubMessageSchema
 from microbus.wire.context import current_cid
 from microbus.wire.payloads import PayloadPointer, S3PayloadStore
@@ -130,6 +131,9 @@ __all__ = [
     # patterns: request/reply
     "Requester",
     "Replier",
+    # web apps (the outbox is microbus.outbox, with the outbox extra)
+    "deferred_publish",
+    "DeferredPublishMiddleware",
     # errors and handler signals
     "MicrobusError",
     "ConfigurationError",

@@ -17,6 +17,7 @@ from microbus.cli.common import CONTEXT_SETTINGS, REFERENCE_TOPOLOGY, TOPOLOGY_H
 from microbus.cli.dashboard import dashboard
 from microbus.cli.dlq import dlq
 from microbus.cli.emulator import emulator
+from microbus.cli.outbox import outbox
 from microbus.cli.produce import produce
 from microbus.cli.queues import peek, stats
 from microbus.consume.daemon import ConsumerDaemon, daemon_options, run_daemon
@@ -44,7 +45,7 @@ def _import_from_the_current_directory() -> None:
         sys.path.insert(0, cwd)
 
 
-for _command in (emulator, produce, stats, peek, dlq, dashboard):
+for _command in (emulator, produce, stats, peek, dlq, outbox, dashboard):
     main.add_command(_command)
 
 

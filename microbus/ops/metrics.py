@@ -12,6 +12,8 @@ Names and labels (the dashboard reads them):
 - ``microbus_messages_waiting{daemon,queue}``: received, handler not started yet
 - ``microbus_settle_failures_total{daemon,queue}``
 - ``microbus_activity_restarts_total{daemon,queue,activity}``: a background activity went down (and is restarted)
+- ``microbus_circuit_open{daemon,queue}``: 1 while the circuit breaker holds receiving back (open or half-open)
+- ``microbus_circuit_opened_total{daemon,queue}``: times the circuit breaker opened
 
 ``media_type`` is one the daemon handles, else ``unknown`` (media types come from the wire: bounded labels).
 """
@@ -92,6 +94,12 @@ class Metrics:
         self.settle_failures = prometheus.Counter(
             "microbus_settle_failures", "Settling given up on (the message reappears).", queue, registry=self.registry
         )
+        self.circuit_open = prometheus.Gauge(
+            "microbus_circuit_open", "1 while the circuit breaker holds receiving back.", queue, registry=self.registry
+        )
+        self.circuit_opened = prometheus.Counter(
+            "microbus_circuit_opened", "Times the circuit breaker opened.", queue, registry=self.registry
+        )
         self.activity_restarts = prometheus.Counter(
             "microbus_activity_restarts", "Background activities that went down.", (*queue, "activity"),
             registry=self.registry,
@@ -120,8 +128,11 @@ class MetricsObserver:
         self._in_flight = metrics.in_flight.labels(*self.labels)
         self._waiting_gauge = metrics.waiting.labels(*self.labels)
         self._settle_failures = metrics.settle_failures.labels(*self.labels)
+        self._circuit_open = metrics.circuit_open.labels(*self.labels)
+        self._circuit_opened = metrics.circuit_opened.labels(*self.labels)
         self._in_flight.set(0)
         self._waiting_gauge.set(0)
+        self._circuit_open.set(0)
 
     def media_type_label(self, media_type: str | None) -> str:
         """The media type as a label: one the daemon handles, else ``unknown``."""
@@ -145,6 +156,11 @@ class MetricsObserver:
                 self._settle_failures.inc()
         elif event.kind is EventKind.ACTIVITY_DOWN:
             self.metrics.activity_restarts.labels(*self.labels, event.activity or UNKNOWN).inc()
+        elif event.kind is EventKind.CIRCUIT_OPENED:
+            self._circuit_opened.inc()
+            self._circuit_open.set(1)
+        elif event.kind is EventKind.CIRCUIT_CLOSED:
+            self._circuit_open.set(0)
 
     def _waited(self, key: int, *, add: bool) -> None:
         with self._lock:

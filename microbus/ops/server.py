@@ -2,7 +2,9 @@
 
 ``/health`` answers 503 while a supervised activity of a worker is down, when a worker's poller has not
 completed a receive within ``receive_bound_s``, and once the daemon is stopping; the body says why.
-``/ready`` answers 200 once every worker started, until the shutdown. Companion daemons in one process
+A worker whose circuit breaker is open stays healthy (restarting it would not mend the downstream outage
+that opened it) and says so: ``circuit_open`` in its entry, ``status`` ``degraded``. ``/ready`` answers 200
+once every worker started, until the shutdown. Companion daemons in one process
 share one endpoint: each worker is listed by its daemon's name.
 """
 
@@ -60,11 +62,13 @@ class Health:
                     "queue": worker.queue_name,
                     "healthy": not own,
                     "activities_down": sorted(worker.activities_down),
+                    "circuit_open": worker.circuit_open,
                     "last_receive_s_ago": None if last is None else round(now - last, 3),
                     "in_flight": worker.stats.in_flight,
                 }
             )
-        return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems, "workers": workers}
+        status = "unhealthy" if problems else "degraded" if any(w["circuit_open"] for w in workers) else "ok"
+        return not problems, {"status": status, "problems": problems, "workers": workers}
 
     def _problems(self, worker: Worker, now: float) -> list[str]:
         if worker.stopping:

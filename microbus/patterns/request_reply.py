@@ -38,7 +38,7 @@ from microbus.errors import (
 )
 from microbus.patterns.parallel import CID_KEY, bind_cid, unbind_cid
 from microbus.patterns.reporter import REPLY_TO_NOT_ALLOWED, ReplyQueues, exception_text
-from microbus.produce.producer import SNSProducer
+from microbus.produce.producer import SNSProducer, capturing
 from microbus.wire.sanitize import log_repr
 from microbus.wire.transport import SQSTransport, translate_errors
 
@@ -126,7 +126,8 @@ class Requester:
         with self._lock:
             self._pending[cid] = future
         try:
-            self.producer.publish(outgoing)
+            with capturing(None):  # at once, even in a deferred block or an outbox transaction: the reply is awaited
+                self.producer.publish(outgoing)
         except BaseException:
             self._forget(cid)
             raise

@@ -9,10 +9,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from microcosm.api import defaults
 
@@ -91,6 +92,33 @@ class OutgoingMessage:
     """FIFO topics only: the deduplication id the caller gave, if any."""
     offload: bool = False
     """Over the topic's limit: the body goes to S3 when published, and the message carries a pointer."""
+
+
+class MessageCapture(Protocol):
+    """Takes the messages a producer would publish in this context (a deferred block, an outbox transaction)."""
+
+    def capture(self, producer: SNSProducer, messages: Sequence[OutgoingMessage]) -> None:
+        """Keep ``messages`` (validated and encoded by ``producer``) instead of publishing them now."""
+
+
+_capture: ContextVar[MessageCapture | None] = ContextVar("microbus_message_capture", default=None)
+
+
+def current_capture() -> MessageCapture | None:
+    """The capture that takes this context's publishes (thread or task), None when they go to SNS."""
+    return _capture.get()
+
+
+@contextmanager
+def capturing(capture: MessageCapture | None) -> Iterator[None]:
+    """In the block, :meth:`SNSProducer.publish` and :meth:`~SNSProducer.publish_many` hand their messages to
+    ``capture`` instead of SNS (None: to SNS, e.g. to flush what a capture kept). Context-local: other threads
+    and tasks are not affected; tasks and threads started with a copy of the context are."""
+    token = _capture.set(capture)
+    try:
+        yield
+    finally:
+        _capture.reset(token)
 
 
 def is_fifo_topic(topic_arn: str) -> bool:
@@ -321,9 +349,13 @@ class SNSProducer:
 
         To a FIFO topic, the message goes with its group id and deduplication id: the one given, else none
         when the topic has content-based deduplication, else the stamped message id, so that publishing the
-        same message again (a retry) is deduplicated.
+        same message again (a retry) is deduplicated. Inside :func:`capturing`, the capture takes the message
+        and its ``x-microbus-message-id`` is returned (there is no SNS id yet).
         """
         _check_group_ids([outgoing])
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, [outgoing])
+            return str(outgoing.message_id)
         fifo = self._fifo_ids(outgoing.topic_arn, {0: outgoing})
         outgoing = self._offloaded(outgoing)
         if fifo:
@@ -399,8 +431,13 @@ class SNSProducer:
         Raises:
             ConfigurationError: a message to a FIFO topic has no group id (nothing was sent).
             PublishError: some entries failed after retries.
+
+        Inside :func:`capturing`, the capture takes the messages and their ``x-microbus-message-id`` are returned.
         """
         _check_group_ids(messages)
+        if (capture := _capture.get()) is not None:
+            capture.capture(self, messages)
+            return [str(message.message_id) for message in messages]
         messages = [self._offloaded(outgoing) for outgoing in messages]
         ids: list[str | None] = [None] * len(messages)
         errors: dict[int, str] = {}

@@ -157,3 +157,13 @@ def test_a_reply_to_a_closed_requester_is_dropped_and_the_request_acked(make_que
     (message,) = wait_for(graph.sqs_consumer.consume, what="the request")
     # Then handling it succeeds (no retry that would run the handler again for nobody)
     assert dispatcher.handle(message).outcome is Outcome.SUCCEEDED
+
+
+def test_a_request_inside_a_deferred_block_is_sent_at_once(service):
+    from microbus import deferred_publish
+
+    _, requester, _ = service
+    # Given a web request's deferred block (MicrobusFlask, DeferredPublishMiddleware), a request waits for its reply
+    with deferred_publish():
+        reply = requester.request(OrderPlaced.MEDIA_TYPE, {"order_id": "o-web"}, timeout=10)
+    assert reply["order_id"] == "o-web"

@@ -24,7 +24,10 @@ PUBLIC = {
 }  # fmt: skip
 
 # Lowest first: a module may import its own layer and the layers before it.
-LAYERS = ["errors", "wire", "produce", "consume", "patterns", "topology", "ops", "testing", "compat", "cli"]
+# web and outbox sit above producing (they defer or store what it publishes); outbox's relay reuses consume's backoff.
+LAYERS = [
+    "errors", "wire", "produce", "consume", "patterns", "web", "outbox", "topology", "ops", "testing", "compat", "cli"
+]  # fmt: skip
 ROOT = Path(microbus.__file__).parent
 
 

@@ -17,8 +17,10 @@ from click.testing import CliRunner
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.consume.daemon import ConsumerDaemon, daemon_command
 from microbus.consume.dispatch import RECORD_FIELDS
+from microbus.consume.lifecycle import EventKind, LifecycleEvent
 from microbus.ops.daemon import DaemonOperations
 from microbus.ops.logs import JsonFormatter, configure_logging
+from microbus.ops.metrics import Metrics
 from microbus.ops.server import Health
 from microbus.testing import StubQueue, wait_for
 from microbus.wire import tracecontext
@@ -76,6 +78,7 @@ def fake_worker(**overrides):
         activities_down=set(),
         last_receive_at=100.0,
         stats=SimpleNamespace(in_flight=0),
+        circuit_open=False,
     )
     return SimpleNamespace(**(values | overrides))
 
@@ -96,6 +99,31 @@ def test_health_names_what_is_wrong(worker, problem):
     ok, report = health.check(now=100.0)
     assert ok is (problem is None)
     assert report["problems"] == ([] if problem is None else [f"d (q): {problem}"])
+
+
+def test_an_open_circuit_is_reported_degraded_not_unhealthy():
+    health = Health([fake_worker(), fake_worker(name="e", circuit_open=True)], receive_bound_s=60.0, created_at=0.0)
+    ok, report = health.check(now=100.0)
+    assert ok is True
+    assert report["status"] == "degraded"
+    assert [w["circuit_open"] for w in report["workers"]] == [False, True]
+
+
+def test_the_circuit_breaker_state_is_a_metric():
+    pytest.importorskip("prometheus_client")
+    metrics = Metrics()
+    observer = metrics.observer(daemon="d", queue="q", media_types=())
+
+    def value(name):
+        return metrics.registry.get_sample_value(name, {"daemon": "d", "queue": "q"})
+
+    assert value("microbus_circuit_open") == 0
+    observer.on_event(LifecycleEvent(kind=EventKind.CIRCUIT_OPENED, queue_url="stub://q", at=0.0))
+    assert (value("microbus_circuit_open"), value("microbus_circuit_opened_total")) == (1, 1)
+    observer.on_event(LifecycleEvent(kind=EventKind.CIRCUIT_HALF_OPENED, queue_url="stub://q", at=1.0))
+    assert value("microbus_circuit_open") == 1
+    observer.on_event(LifecycleEvent(kind=EventKind.CIRCUIT_CLOSED, queue_url="stub://q", at=2.0))
+    assert (value("microbus_circuit_open"), value("microbus_circuit_opened_total")) == (0, 1)
 
 
 def test_ready_only_between_the_start_and_the_shutdown():
