@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["microbus", "microbus.*", "schemas", "schemas.*", "daemons", "daemons.*"]),
     include_package_data=True,
+    package_data={"microbus.ops": ["static/*.html", "static/*.css", "static/*.js"]},
     install_requires=[
         "boto3>=1.28",
         "marshmallow>=3.18,<5",
@@ -44,6 +45,9 @@ setup(
         "compat": [
             "PyHamcrest>=2",
         ],
+        "dashboard-test": [
+            "playwright>=1.40",
+        ],
         "dev": [
             "PyHamcrest>=2",
             "moto[server]>=5.1,<6",
@@ -63,6 +67,7 @@ setup(
             "httpx2",
             "SQLAlchemy>=2.0,<3",
             "psycopg[binary]>=3.1",
+            "playwright>=1.40",
         ],
     },
     entry_points={
