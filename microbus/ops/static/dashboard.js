@@ -71,7 +71,8 @@
         numberCell("visible", queue.visible),
         numberCell("in_flight", queue.in_flight),
         numberCell("delayed", queue.delayed),
-        el("td", { dataset: { field: "dlq_name" } }, queue.dlq_name ?? "—"),
+        el("td", { dataset: { field: "dlq_name" } },
+          queue.dlq_missing ? `${queue.dlq_name} (missing)` : queue.dlq_name ?? "—"),
         numberCell("dlq_visible", queue.dlq_visible, queue.dlq_visible > 0),
         numberCell("max_receive_count", queue.max_receive_count),
         el("td", {}, button("peek", () => peek(queue.name))));
