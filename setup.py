@@ -90,6 +90,9 @@ setup(
         "compat": [
             "PyHamcrest>=2",
         ],
+        "dashboard-test": [
+            "playwright>=1.40",
+        ],
         "testing": TESTING,
         "dev": [
             *TESTING,
@@ -109,6 +112,7 @@ setup(
             "httpx2",
             "SQLAlchemy>=2.0,<3",
             "psycopg[binary]>=3.1",
+            "playwright>=1.40",
         ],
     },
     entry_points={

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from microbus.cli.common import CONTEXT_SETTINGS, REFERENCE_TOPOLOGY, TOPOLOGY_HELP, MicrobusGroup
+from microbus.cli.dashboard import dashboard
 from microbus.cli.dlq import dlq
 from microbus.cli.emulator import emulator
 from microbus.cli.outbox import outbox
@@ -44,7 +45,7 @@ def _import_from_the_current_directory() -> None:
         sys.path.insert(0, cwd)
 
 
-for _command in (emulator, produce, stats, peek, dlq, outbox):
+for _command in (emulator, produce, stats, peek, dlq, outbox, dashboard):
     main.add_command(_command)
 
 

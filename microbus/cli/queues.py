@@ -36,7 +36,7 @@ def stats_lines(rows: Iterable[QueueStats]) -> list[str]:
     headers = ["QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ"] + (["OLDEST"] if with_age else [])
     cells = []
     for row in rows:
-        dlq = "-" if row.dlq_visible is None else row.dlq_visible
+        dlq = "missing" if row.dlq_missing else "-" if row.dlq_visible is None else row.dlq_visible
         cells.append(
             [row.name, row.visible, row.in_flight, row.delayed, dlq]
             + ([age_text(row.oldest_age_s)] if with_age else [])

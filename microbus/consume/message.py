@@ -54,6 +54,8 @@ class SQSMessage:
     """The SNS envelope's string message attributes (enveloped delivery), name → value."""
     payload_pointer: PayloadPointer | None = None
     """Where the body was fetched from, when it was offloaded to S3 (``body`` is then the pointer)."""
+    _opaque: tuple[object, OpaqueData] | None = field(default=None, init=False, repr=False, compare=False)
+    """The case-folded ``opaque_data`` and the content entry it was folded from (folded once, copied per read)."""
 
     def __repr__(self) -> str:
         """Ids and sizes only: never the body, the content, the attributes' values or the receipt handle."""
@@ -68,9 +70,11 @@ class SQSMessage:
     def opaque_data(self) -> OpaqueData:
         """The opaque data carried through the flow (request ids, publish time, …): a copy, keys lower-cased
         as microcosm-pubsub sends them, looked up in any case."""
-        if self.content is None:
-            return OpaqueData()
-        return OpaqueData(self.content.get("opaque_data") or {})
+        raw = self.content.get("opaque_data") if self.content is not None else None
+        cached = self._opaque
+        if cached is None or cached[0] is not raw:
+            cached = self._opaque = (raw, OpaqueData(raw or {}))
+        return cached[1].copy()
 
     @property
     def cid(self) -> str:

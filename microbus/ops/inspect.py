@@ -95,6 +95,8 @@ class QueueStats:
     dlq_url: str | None = None
     dlq_visible: int | None = None
     max_receive_count: int | None = None
+    dlq_missing: bool = False
+    """The redrive policy names a dead-letter queue that does not exist (``dlq_visible`` is then None)."""
     oldest_age_s: float | None = None
     approximate: tuple[str, ...] = ("visible", "in_flight", "delayed", "dlq_visible")
 
@@ -146,8 +148,11 @@ def url_of_arn(sqs: Any, arn: str) -> str:
 def queue_stats(sqs: Any, queue: str) -> QueueStats:
     """The depth of one queue (name or URL) and of its dead-letter queue (found through its redrive policy).
 
+    A dead-letter queue that does not exist is reported (``dlq_missing``), not an error: that is when an
+    operator most needs to see the queue.
+
     Raises:
-        QueueNotFoundError: the queue (or its dead-letter queue) does not exist.
+        QueueNotFoundError: the queue does not exist.
         TransportError: SQS could not be reached, or refused.
     """
     url = queue_url(sqs, queue)
@@ -155,14 +160,16 @@ def queue_stats(sqs: Any, queue: str) -> QueueStats:
     policy = redrive_policy(attributes)
     dlq: dict[str, Any] = {}
     if policy is not None:
-        dlq_url = url_of_arn(sqs, str(policy["deadLetterTargetArn"]))
-        dlq_attributes = queue_attributes(sqs, dlq_url)
-        dlq = {
-            "dlq_name": queue_name(dlq_url),
-            "dlq_url": dlq_url,
-            "dlq_visible": int(dlq_attributes.get(_STAT_ATTRIBUTES["visible"], 0)),
-            "max_receive_count": int(policy.get("maxReceiveCount", 0)) or None,
-        }
+        arn = str(policy["deadLetterTargetArn"])
+        dlq = {"dlq_name": arn.split(":")[-1], "max_receive_count": int(policy.get("maxReceiveCount", 0)) or None}
+        try:
+            dlq_url = url_of_arn(sqs, arn)
+            dlq_attributes = queue_attributes(sqs, dlq_url)
+        except QueueNotFoundError:
+            dlq["dlq_missing"] = True
+        else:
+            dlq["dlq_url"] = dlq_url
+            dlq["dlq_visible"] = int(dlq_attributes.get(_STAT_ATTRIBUTES["visible"], 0))
     return QueueStats(
         name=queue_name(url),
         url=url,

@@ -79,6 +79,12 @@ class OpaqueData(dict[str, Any]):
         """Remove ``key`` (in any case) and return its value."""
         return super().pop(_fold(key), *default)
 
+    def copy(self) -> OpaqueData:
+        """A shallow copy, keys already folded (not folded again)."""
+        new = OpaqueData.__new__(OpaqueData)
+        dict.update(new, self)
+        return new
+
 
 def _fold(key: Any) -> Any:
     return key.casefold() if isinstance(key, str) else key

@@ -49,6 +49,18 @@ def test_all_queue_stats_list_every_queue_of_a_prefix(make_queue):
     assert inspect.queue_stats(queue.sqs, f"{name}-dlq").dlq_url is None
 
 
+def test_a_queue_whose_dead_letter_queue_is_gone_is_listed_and_says_so(make_queue):
+    # Given a queue whose redrive policy names a DLQ that was deleted
+    queue = make_queue()
+    name = inspect.queue_name(queue.queue_url)
+    queue.sqs.delete_queue(QueueUrl=queue.dlq_url)
+    wait_for(lambda: f"{name}-dlq" not in {inspect.queue_name(u) for u in inspect.list_queue_urls(queue.sqs, name)})
+    # Then the queue is still listed, its DLQ reported missing (not silently left out)
+    (stats,) = inspect.all_queue_stats(queue.sqs, prefix=name)
+    assert (stats.name, stats.dlq_name, stats.dlq_missing, stats.dlq_visible) == (name, f"{name}-dlq", True, None)
+    assert inspect.queue_stats(queue.sqs, name) == stats
+
+
 def test_a_missing_queue_is_a_queue_not_found_error(microbus_queue):
     with pytest.raises(QueueNotFoundError, match="does not exist"):
         inspect.queue_stats(microbus_queue.sqs, "no-such-queue-here")
