@@ -1,5 +1,4 @@
-"""Root conftest: loads the microbus fixtures (and their --emulator option) for the whole suite, and guards
-the network: a test that opens a connection to anything but loopback fails (only the endpoint is called).
+"""Root conftest: guards the network. A test that opens a connection to anything but loopback fails.
 
 The guard patches this process's sockets; daemons started as subprocesses are not covered by it.
 """
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["microbus.testing.fixtures"]
+# The microbus fixtures (and their --emulator option) come from the installed package's pytest11 plugin.
 
 
 class NonLoopbackConnectionError(RuntimeError):

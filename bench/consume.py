@@ -45,6 +45,7 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
+from microbus.reference.schemas import OrderPlaced  # noqa: E402
 
 from microbus import (  # noqa: E402
     AWSSettings,
@@ -55,7 +56,6 @@ from microbus import (  # noqa: E402
     SQSTransport,
     Worker,
 )
-from schemas import OrderPlaced  # noqa: E402
 
 try:
     from microbus.testing.emulator import EmbeddedEmulator

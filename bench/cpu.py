@@ -25,9 +25,10 @@ import sys
 import time
 from typing import Any
 
+from microbus.reference.schemas import OrderPlaced
+
 from microbus import HandlerRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def body(i: int) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import sys
 import time
 import uuid
 
+from microbus.reference.schemas import OrderPlaced
+
 from microbus import SNSProducer, SQSConsumer, TopicArns, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
@@ -30,7 +32,6 @@ from microbus.testing.emulator import EmbeddedEmulator, Endpoint
 from microbus.topology import Queue, Subscription, Topology, apply_topology
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport, SQSTransport
-from schemas import OrderPlaced
 
 
 def make_pair(settings):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from daemons import fulfilment, reference
-from daemons.orders import OrdersDaemon, order_book
+from microbus.reference.daemons import fulfilment, reference
+from microbus.reference.daemons.orders import OrdersDaemon, order_book
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
+
 from microbus.consume.worker import Worker
 from microbus.testing.emulator import EmbeddedEmulator
-from schemas import OrderPlaced, PaymentCaptured
 
 
 @dataclass
@@ -74,21 +75,22 @@ def run_demo(*, count: int = 300, concurrency: int = 4, timeout_s: float = 120.0
         queue_url = applied.queue_urls["orders"]
         daemon = OrdersDaemon(
             **emulator.config(),
-            sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
-            sns_topic_arns=applied.sns_topic_arns_config(),
+            microbus_sqs_consumer={"sqs_queue_url": queue_url, "wait_seconds": 1},
+            microbus_sns_topic_arns=applied.sns_topic_arns_config(),
             parallel={"callback_queue_url": applied.queue_urls["fulfilment-callbacks"]},
         )
         worker = daemon.create_worker(concurrency=concurrency)
         helpers = [
             cls(
-                **emulator.config(), sqs_consumer={"sqs_queue_url": applied.queue_urls[cls.name], "wait_seconds": 1}
+                **emulator.config(),
+                microbus_sqs_consumer={"sqs_queue_url": applied.queue_urls[cls.name], "wait_seconds": 1},
             ).create_worker(concurrency=2)
             for cls in (fulfilment.FulfilmentDaemon, fulfilment.FulfilmentCallbacksDaemon)
         ]
         started = time.monotonic()
         for each in (worker, *helpers):
             each.start()
-        producer = daemon.graph.sns_producer
+        producer = daemon.graph.microbus_sns_producer
         orders = [
             {"order_id": f"order-{i}", "customer_id": f"c-{i % 7}", "total_cents": 100 + i} for i in range(count // 2)
         ]

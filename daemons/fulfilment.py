@@ -18,11 +18,12 @@ import logging
 import threading
 from typing import Any
 
+from microbus.reference.schemas import ChargePayment, ReserveInventory, SendNotification
+
 from microbus import ConsumerDaemon, handles
 from microbus.patterns.fanin import CallbackDaemon
 from microbus.patterns.parallel import Parallel, callback, current_cid, register_target
 from microbus.topology import Daemon, Queue, Subscription, Table, Topic, Topology
-from schemas import ChargePayment, ReserveInventory, SendNotification
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class FulfilmentDaemon(ConsumerDaemon):
     def defaults(self) -> dict[str, Any]:
         return {
             **super().defaults,
-            "sqs_message_dispatcher": {"middleware": ["parallel_reporter"]},
+            "microbus_sqs_message_dispatcher": {"middleware": ["parallel_reporter"]},
             "parallel_reporter": {"allowed_reply_queues": ["fulfilment-callbacks"]},  # reports go nowhere else
         }
 
@@ -142,7 +143,8 @@ class FulfilmentCallbacksDaemon(CallbackDaemon):
 
 
 # The targets' topic routes their media types; the callback queue is sent to directly (no subscription);
-# the callback daemon counts completions in the fan-in table. `daemons.reference` adds the orders flow.
+# the callback daemon counts completions in the fan-in table.
+# `microbus.reference.daemons.reference` adds the orders flow.
 TOPOLOGY = Topology(
     topics=(Topic(name="fulfilment", media_types=TARGET_MEDIA_TYPES),),
     queues=(

@@ -9,9 +9,10 @@ import logging
 import threading
 from typing import Any
 
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
+
 from microbus import ConsumerDaemon, handles
 from microbus.topology import Daemon, Producer, Queue, Subscription, Topic, Topology
-from schemas import OrderPlaced, PaymentCaptured
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class OrdersDaemon(ConsumerDaemon):
     name = "orders"
     media_types = (OrderPlaced, PaymentCaptured)
     handler_timeout_s = 10.0
-    topology = "daemons.orders:TOPOLOGY"
+    topology = "microbus.reference.daemons.orders:TOPOLOGY"
 
 
 # The reference application's topology: `microbus topology apply` creates it; the embedded emulator, the

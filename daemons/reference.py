@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from daemons import fulfilment, orders
+from microbus.reference.daemons import fulfilment, orders
+
 from microbus.topology import Producer, Topology
 
 # Whoever fans orders out (the demo uses the orders daemon's graph) publishes the targets' media types

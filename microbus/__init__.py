@@ -1,5 +1,8 @@
 """microbus: media-typed SNS/SQS publish/subscribe for Python services."""
 
+__version__ = "0.1.0"
+
+from microbus.aliases import FAMILIAR_NAMES, use_familiar_names
 from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.consume.consumer import QueueInfo, SQSConsumer
 from microbus.consume.daemon import ConsumerDaemon, register_operations
@@ -72,6 +75,10 @@ from microbus.wire.transport import AWSSettings, SNSTransport, SQSTransport
 register_operations(DaemonOperations)  # the composition root: the core never imports the operations layer
 
 __all__ = [
+    "__version__",
+    # component names (microbus_sns_producer, …) and the opt-in familiar aliases
+    "FAMILIAR_NAMES",
+    "use_familiar_names",
     # codec
     "PubSubMessageSchema",
     "PubSubMessageCodec",

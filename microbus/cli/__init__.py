@@ -75,7 +75,7 @@ def demo(count: int, concurrency: int, timeout_s: float, fulfil: int, verbose: b
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from daemons.demo import run_demo
+    from microbus.reference.daemons.demo import run_demo
 
     try:
         summary = run_demo(count=count, concurrency=concurrency, timeout_s=timeout_s, fulfil=fulfil)

@@ -13,7 +13,7 @@ import click
 from microbus.errors import CodecError, ConfigurationError, MicrobusError
 from microbus.wire.transport import AWSSettings
 
-REFERENCE_TOPOLOGY = "daemons.reference:TOPOLOGY"
+REFERENCE_TOPOLOGY = "microbus.reference.daemons.reference:TOPOLOGY"
 TOPOLOGY_HELP = "Topology: a .yaml/.json file or module:ATTRIBUTE."
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 USAGE_EXIT = 2

@@ -53,7 +53,11 @@ def emulator(reference: str, no_topology: bool, port: int, pid_file: Path | None
             _say(url)
             if not no_topology:
                 applied = embedded.apply(resolve_topology(reference))
-                _say(json.dumps({"sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}))
+                _say(
+                    json.dumps(
+                        {"microbus_sns_topic_arns": applied.sns_topic_arns_config(), "queues": applied.queue_urls}
+                    )
+                )
                 click.echo(f"topology {reference}: {applied.plan.summary()}", err=True)
             if pid_file is not None:
                 written.append(_write(pid_file, str(os.getpid())))

@@ -15,4 +15,14 @@ microcosm-pubsub 3.0.0                     microbus
 Where microcosm-pubsub's behaviour differs from microbus's own, the compat names keep the peer's: schemas drop
 undeclared fields on produce, and ``ConsumerDaemon`` acks messages of unknown media types and gives convention
 media types their convention schemas. ``docs/migrating.md`` lists what changes and the flags involved.
+
+The graph components keep microcosm-pubsub's names here: importing ``microbus.compat`` calls
+:func:`microbus.use_familiar_names` (``graph.sns_producer`` is ``graph.microbus_sns_producer``, …), which raises
+``ConfigurationError`` when microcosm-pubsub itself is installed in the environment. Configuration sections
+take microbus's names (``microbus_sqs_consumer``, …); a section under a familiar name is refused, naming the
+section to use.
 """
+
+from microbus.aliases import use_familiar_names
+
+use_familiar_names()

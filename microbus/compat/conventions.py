@@ -1,7 +1,7 @@
 """``microcosm_pubsub.conventions``: convention media types (``created("order")``) and their schemas.
 
 A service that handles or produces convention media types without declaring schemas for them needs the
-registry's ``auto_register`` (``pubsub_message_schema_registry.auto_register``, on in microcosm-pubsub, off in
+registry's ``auto_register`` (``microbus_pubsub_message_schema_registry.auto_register``, on in microcosm-pubsub, off in
 microbus); :class:`microbus.compat.daemon.ConsumerDaemon` turns it on.
 """
 

@@ -4,8 +4,8 @@
 - ``daemon.run()`` without arguments parses the command line (``--sqs-queue-url``, ``--debug``, ``--testing``
   and microbus's options) and runs until SIGTERM;
 - as in microcosm-pubsub, messages of media types this daemon has no schema or handler for are acked and
-  ignored (``sqs_message_dispatcher.skip_unknown_media_types``), and convention media types without a schema
-  get their convention schema (``pubsub_message_schema_registry.auto_register``). Set either to false in the
+  ignored (``microbus_sqs_message_dispatcher.skip_unknown_media_types``), and convention media types without a schema
+  get their convention schema (``microbus_pubsub_message_schema_registry.auto_register``). Set either to false in the
   configuration to get microbus's defaults (dead-letter them).
 """
 
@@ -38,8 +38,8 @@ class ConsumerDaemon(_ConsumerDaemon):
         """microbus's defaults, with microcosm-pubsub's handling of unknown and convention media types."""
         return {
             **super().defaults,
-            "sqs_message_dispatcher": {"skip_unknown_media_types": True},
-            "pubsub_message_schema_registry": {"auto_register": True},
+            "microbus_sqs_message_dispatcher": {"skip_unknown_media_types": True},
+            "microbus_pubsub_message_schema_registry": {"auto_register": True},
         }
 
     def run(self, **options: Any) -> None:

@@ -255,13 +255,13 @@ def dead_letter_attributes(
     dead_letter_queue_url=None,
 )
 def configure_sqs_consumer(graph: ObjectGraph) -> SQSConsumer:
-    """microcosm factory: ``graph.sqs_consumer``, reading the ``sqs_consumer`` config section."""
-    config = graph.config.sqs_consumer
+    """microcosm factory: ``graph.microbus_sqs_consumer``, reading the ``microbus_sqs_consumer`` config section."""
+    config = graph.config.microbus_sqs_consumer
     if not config.sqs_queue_url:
-        raise ConfigurationError("No SQS queue configured: set sqs_consumer.sqs_queue_url (--sqs-queue-url)")
+        raise ConfigurationError("No SQS queue configured: set microbus_sqs_consumer.sqs_queue_url (--sqs-queue-url)")
     return SQSConsumer(
         transport=SQSTransport(client=graph.sqs_client, queue_url=config.sqs_queue_url),
-        schema_registry=graph.pubsub_message_schema_registry,
+        schema_registry=graph.microbus_pubsub_message_schema_registry,
         limit=int(config.limit),
         wait_seconds=int(config.wait_seconds),
         dead_letter_queue_url=config.dead_letter_queue_url or None,

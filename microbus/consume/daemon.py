@@ -115,7 +115,7 @@ class ConsumerDaemon:
 
     name: ClassVar[str] = ""
     media_types: ClassVar[Sequence[str | type[PubSubMessageSchema]] | None] = None
-    dispatcher_component: ClassVar[str] = "sqs_message_dispatcher"
+    dispatcher_component: ClassVar[str] = "microbus_sqs_message_dispatcher"
     handler_timeout_s: ClassVar[float | None] = None
     topology: ClassVar[Any] = None
     companions: ClassVar[Sequence[type[ConsumerDaemon]]] = ()
@@ -135,7 +135,7 @@ class ConsumerDaemon:
         """Configuration defaults of this daemon (override to add your own)."""
         media_types = None if self.media_types is None else [media_type_of(m) for m in self.media_types]
         return {
-            "sqs_message_handler_registry": {"media_types": media_types},
+            "microbus_sqs_message_handler_registry": {"media_types": media_types},
             "queue_declarations": {"topology": self.topology},
             "worker": {
                 "prefetch": None,
@@ -154,9 +154,9 @@ class ConsumerDaemon:
         """Create the graph from defaults, environment and overrides."""
         loader = load_each(load_from_dict(self.defaults), load_from_environ, load_from_dict(self.overrides))
         graph = create_object_graph(self.name, debug=self.debug, testing=self.testing, loader=loader)
-        if not graph.config.sqs_consumer.sqs_queue_url:
+        if not graph.config.microbus_sqs_consumer.sqs_queue_url:
             self._use_declared_queue(graph)
-        graph.use("sqs_consumer", self.dispatcher_component)
+        graph.use("microbus_sqs_consumer", self.dispatcher_component)
         return graph
 
     def _use_declared_queue(self, graph: ObjectGraph) -> None:
@@ -178,7 +178,7 @@ class ConsumerDaemon:
                     logger.warning("Queue unreachable at start, waiting for it: %s", exc)
                 failures += 1
                 time.sleep(transport_backoff_s(failures, max_s=20.0))
-        graph.config.sqs_consumer.sqs_queue_url = url
+        graph.config.microbus_sqs_consumer.sqs_queue_url = url
 
     def check_queue(self) -> list[str]:
         """Check the live queue against the handler timeout and the topology; log and return warnings.
@@ -186,7 +186,7 @@ class ConsumerDaemon:
         Raises:
             QueueNotFoundError: the queue does not exist (one sentence that says what to do).
         """
-        consumer = cast(SQSConsumer, self.graph.sqs_consumer)
+        consumer = cast(SQSConsumer, self.graph.microbus_sqs_consumer)
         info = consumer.queue_info()
         declared = self._declaration(self.graph)
         handler_timeout_s = self.handler_timeout_s
@@ -252,7 +252,7 @@ class ConsumerDaemon:
         configured = worker_config.get("prefetch")
         breaker = circuit_breaker_from_config(worker_config.get("circuit_breaker"), enabled=circuit_breaker)
         return Worker(
-            consumer=self.graph.sqs_consumer,
+            consumer=self.graph.microbus_sqs_consumer,
             dispatcher=dispatcher,
             concurrency=concurrency,
             prefetch=prefetch if prefetch is not None else (int(configured) if configured is not None else None),
@@ -321,7 +321,7 @@ class ConsumerDaemon:
             try:
                 worker = companion.create_worker(**options)
             except ConfigurationError as exc:
-                variable = f"{companion.name.upper().replace('-', '_')}__SQS_CONSUMER__SQS_QUEUE_URL"
+                variable = f"{companion.name.upper().replace('-', '_')}__MICROBUS_SQS_CONSUMER__SQS_QUEUE_URL"
                 raise ConfigurationError(
                     f"{companion.name}: companion of {self.name}: {exc}. A companion does not take --sqs-queue-url: "
                     f"set {variable} or declare its queue in its topology."
@@ -369,9 +369,9 @@ class ConsumerDaemon:
         overrides: dict[str, Any] = {}
         if "aws" in self.overrides:
             overrides["aws"] = {k: v for k, v in self.overrides["aws"].items() if k != "max_pool_connections"}
-        wait = self.overrides.get("sqs_consumer", {}).get("wait_seconds")
+        wait = self.overrides.get("microbus_sqs_consumer", {}).get("wait_seconds")
         if wait is not None:
-            overrides["sqs_consumer"] = {"wait_seconds": wait}
+            overrides["microbus_sqs_consumer"] = {"wait_seconds": wait}
         return overrides
 
 
@@ -379,9 +379,9 @@ def daemon_overrides(sqs_queue_url: str | None, endpoint_url: str | None, wait_s
     """Command-line options as graph config overrides."""
     overrides: dict[str, Any] = {}
     if sqs_queue_url:
-        overrides["sqs_consumer"] = {"sqs_queue_url": sqs_queue_url}
+        overrides["microbus_sqs_consumer"] = {"sqs_queue_url": sqs_queue_url}
     if wait_seconds is not None:
-        overrides.setdefault("sqs_consumer", {})["wait_seconds"] = wait_seconds
+        overrides.setdefault("microbus_sqs_consumer", {})["wait_seconds"] = wait_seconds
     if endpoint_url:
         overrides["aws"] = {"endpoint_url": endpoint_url}
     return overrides

@@ -600,10 +600,10 @@ def _traceback(result: Result) -> tuple[type[BaseException], BaseException, Any]
     dead_letter_expired_ttl=False,
 )
 def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher:
-    """microcosm factory: ``graph.sqs_message_dispatcher``; ``middleware`` names graph components."""
-    config = graph.config.sqs_message_dispatcher
+    """microcosm factory: ``graph.microbus_sqs_message_dispatcher``; ``middleware`` names graph components."""
+    config = graph.config.microbus_sqs_message_dispatcher
     return SQSMessageDispatcher(
-        handler_registry=graph.sqs_message_handler_registry,
+        handler_registry=graph.microbus_sqs_message_handler_registry,
         retry_policy=RetryPolicy(
             base_s=float(config.backoff_base_s),
             max_s=float(config.backoff_max_s),
@@ -620,7 +620,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
 
 def _middleware(graph: ObjectGraph, names: list[str]) -> list[Middleware]:
     """The named graph components; with idempotent handlers, ``idempotency_guard`` innermost unless named."""
-    if graph.sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
+    if graph.microbus_sqs_message_handler_registry.idempotent and "idempotency_guard" not in names:
         names.append("idempotency_guard")
     return [getattr(graph, name) for name in names]
 
@@ -667,7 +667,7 @@ def _visibility(seconds: int | None) -> int | None:
 
 
 def _initial_ttl(value: Any) -> int:
-    """``sqs_message_dispatcher.initial_ttl``: a positive integer.
+    """``microbus_sqs_message_dispatcher.initial_ttl``: a positive integer.
 
     Raises:
         ConfigurationError: it is not one.
@@ -675,7 +675,7 @@ def _initial_ttl(value: Any) -> int:
     ttl = parse_ttl(value)
     if ttl is None or ttl < 1:
         raise ConfigurationError(
-            f"sqs_message_dispatcher.initial_ttl must be a positive integer (hops), not {log_repr(value)}"
+            f"microbus_sqs_message_dispatcher.initial_ttl must be a positive integer (hops), not {log_repr(value)}"
         )
     return ttl
 

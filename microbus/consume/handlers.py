@@ -185,5 +185,5 @@ def _instantiate(handler: Any, graph: ObjectGraph | None) -> Handler:
 
 @defaults(media_types=None)
 def configure_handler_registry(graph: ObjectGraph) -> HandlerRegistry:
-    """microcosm factory: ``graph.sqs_message_handler_registry`` (all handlers, or ``media_types``)."""
-    return HandlerRegistry.from_registered(graph, graph.config.sqs_message_handler_registry.media_types)
+    """microcosm factory: ``graph.microbus_sqs_message_handler_registry`` (all handlers, or ``media_types``)."""
+    return HandlerRegistry.from_registered(graph, graph.config.microbus_sqs_message_handler_registry.media_types)

@@ -123,8 +123,8 @@ class LambdaHandler:
     group reports the group's later records as failures too, unstarted.
 
     Parameters:
-        graph_factory: builds the object graph (``graph.sqs_message_dispatcher``, ``graph.sqs_client``,
-            ``graph.pubsub_message_schema_registry``); called once per container (:func:`graph_of`).
+        graph_factory: builds the object graph (``graph.microbus_sqs_message_dispatcher``, ``graph.sqs_client``,
+            ``graph.microbus_pubsub_message_schema_registry``); called once per container (:func:`graph_of`).
         dispatcher_component: the graph component that dispatches messages.
         reserve_ms: time kept for settling and returning the response.
         handler_timeout_s: the longest a handler may take; None: learn it from the handlers' runs.
@@ -136,7 +136,7 @@ class LambdaHandler:
         self,
         graph_factory: GraphFactory,
         *,
-        dispatcher_component: str = "sqs_message_dispatcher",
+        dispatcher_component: str = "microbus_sqs_message_dispatcher",
         reserve_ms: int = 1_000,
         handler_timeout_s: float | None = None,
         partial_batch_response: bool = True,
@@ -200,7 +200,7 @@ class LambdaHandler:
     ) -> _Verdict:
         """Read, time-check, handle and settle one record."""
         try:
-            message = _read(record, self.graph.pubsub_message_schema_registry)
+            message = _read(record, self.graph.microbus_pubsub_message_schema_registry)
         except _MalformedRecordError as exc:
             logger.warning("Record %s cannot be read (%s): reported as failed", log_repr(record["messageId"]), exc)
             invocation.fail(record, None)
@@ -323,7 +323,7 @@ class LambdaHandler:
             url = SQSTransport(client=graph.sqs_client, queue_url=queue_arn).queue_url_of_arn(queue_arn)
             queue.consumer = SQSConsumer(
                 transport=SQSTransport(client=graph.sqs_client, queue_url=url),
-                schema_registry=graph.pubsub_message_schema_registry,
+                schema_registry=graph.microbus_pubsub_message_schema_registry,
             )
             info = queue.consumer.queue_info()
             queue.dead_letters = queue.consumer.dead_letter_transport()
@@ -365,7 +365,7 @@ class LambdaHandler:
 def make_lambda_handler(
     graph_factory: GraphFactory,
     *,
-    dispatcher_component: str = "sqs_message_dispatcher",
+    dispatcher_component: str = "microbus_sqs_message_dispatcher",
     reserve_ms: int = 1_000,
     handler_timeout_s: float | None = None,
     partial_batch_response: bool = True,

@@ -566,10 +566,10 @@ def configure_fan_in_store(graph: ObjectGraph) -> FanInStore:
 
 
 def configure_parallel_callback_runner(graph: ObjectGraph) -> CallbackRunner:
-    """microcosm factory: ``graph.parallel_callback_runner`` for the queue of ``graph.sqs_consumer``."""
+    """microcosm factory: ``graph.parallel_callback_runner`` for the queue of ``graph.microbus_sqs_consumer``."""
     return CallbackRunner(
-        transport=graph.sqs_consumer.transport,
-        schema_registry=graph.pubsub_message_schema_registry,
+        transport=graph.microbus_sqs_consumer.transport,
+        schema_registry=graph.microbus_pubsub_message_schema_registry,
         store=graph.fan_in_store if graph.config.fan_in_store.table_name else None,
     )
 

@@ -540,7 +540,7 @@ class Parallel:
 def configure_parallel(graph: ObjectGraph) -> Parallel:
     """microcosm factory: ``graph.parallel``, reading ``parallel.callback_queue_url``."""
     return Parallel(
-        producer=graph.sns_producer,
+        producer=graph.microbus_sns_producer,
         source=graph.metadata.name,
         callback_queue_url=graph.config.parallel.callback_queue_url or None,
         sqs_client=graph.sqs_client,

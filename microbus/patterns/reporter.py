@@ -1,6 +1,6 @@
 """Target side of parallel execution: report each finished target to its callback queue.
 
-Patterns layer, installed as dispatcher middleware (``sqs_message_dispatcher.middleware =
+Patterns layer, installed as dispatcher middleware (``microbus_sqs_message_dispatcher.middleware =
 ["parallel_reporter"]``) in the daemons that run targets.
 
 A target message names its callback queue (``x-microbus-reply-to``), and whoever may publish to the
@@ -361,7 +361,7 @@ class ParallelReporter(Middleware):
 
 @defaults(mode=FailureMode.REPORT.value, max_message_bytes=CALLBACK_MAX_BYTES, allowed_reply_queues=None)
 def configure_parallel_reporter(graph: ObjectGraph) -> ParallelReporter:
-    """microcosm factory: ``graph.parallel_reporter``; list it in ``sqs_message_dispatcher.middleware``.
+    """microcosm factory: ``graph.parallel_reporter``; list it in ``microbus_sqs_message_dispatcher.middleware``.
 
     ``parallel_reporter.allowed_reply_queues`` is a list (or comma-separated text) of queue URLs, SQS ARNs or
     names; without it, ``parallel.callback_queue_url``.
@@ -383,9 +383,9 @@ def configure_parallel_reporter(graph: ObjectGraph) -> ParallelReporter:
         allowed = [callback_queue_url] if callback_queue_url else []
     return ParallelReporter(
         sqs_client=graph.sqs_client,
-        schema_registry=graph.pubsub_message_schema_registry,
+        schema_registry=graph.microbus_pubsub_message_schema_registry,
         allowed_reply_queues=list(allowed),
-        home_queue_url=graph.config.sqs_consumer.sqs_queue_url or None,
+        home_queue_url=graph.config.microbus_sqs_consumer.sqs_queue_url or None,
         mode=mode,
         max_message_bytes=int(config.max_message_bytes),
     )

@@ -356,7 +356,7 @@ def configure_requester(graph: ObjectGraph) -> Requester:
     """microcosm factory: ``graph.requester``; ``requester.queue_prefix`` names its reply queue."""
     config = graph.config.requester
     return Requester(
-        producer=graph.sns_producer,
+        producer=graph.microbus_sns_producer,
         sqs_client=graph.sqs_client,
         source=graph.metadata.name,
         queue_prefix=str(config.queue_prefix),
@@ -366,7 +366,7 @@ def configure_requester(graph: ObjectGraph) -> Requester:
 
 @defaults(allowed_reply_queues=None)
 def configure_replier(graph: ObjectGraph) -> Replier:
-    """microcosm factory: ``graph.replier``; list it in ``sqs_message_dispatcher.middleware``.
+    """microcosm factory: ``graph.replier``; list it in ``microbus_sqs_message_dispatcher.middleware``.
 
     ``replier.allowed_reply_queues``: a list (or comma-separated text) of queue URLs, ARNs, names or name
     prefixes ending in ``*``; default ``microbus-reply-*``, on the host and account of the daemon's own queue.
@@ -377,5 +377,5 @@ def configure_replier(graph: ObjectGraph) -> Replier:
     return Replier(
         sqs_client=graph.sqs_client,
         allowed_reply_queues=list(allowed),
-        home_queue_url=graph.config.sqs_consumer.sqs_queue_url or None,
+        home_queue_url=graph.config.microbus_sqs_consumer.sqs_queue_url or None,
     )

@@ -70,8 +70,8 @@ class TopicArns:
         topic_arn = self.mappings.get(media_type) or self.default
         if not topic_arn:
             raise TopicNotDefinedError(
-                f"No SNS topic for media type {media_type!r}: set sns_topic_arns.default or "
-                f"add it to sns_topic_arns.mappings"
+                f"No SNS topic for media type {media_type!r}: set microbus_sns_topic_arns.default or "
+                f"add it to microbus_sns_topic_arns.mappings"
             )
         return topic_arn
 
@@ -294,7 +294,7 @@ class SNSProducer:
             raise ConfigurationError(
                 f"{media_type} goes to the FIFO topic {topic_arn}, which needs a message group id: pass "
                 f"message_group_id=..., map the media type to a field or function in SNSProducer(group_ids=...) "
-                f"(config sns_producer.group_ids), or set MESSAGE_GROUP_ID_FIELD on {schema_cls.__qualname__}."
+                f"(config microbus_sns_producer.group_ids), or set MESSAGE_GROUP_ID_FIELD on {schema_cls.__qualname__}."
             )
         if explicit is not None:
             value: Any = explicit
@@ -625,7 +625,7 @@ def _field_value(codec: PubSubMessageCodec, name: str, content: dict[str, Any], 
     if declared is None:
         raise ConfigurationError(
             f"The message group id field {name!r} of {media_type} names no field of "
-            f"{type(codec.schema).__qualname__}: fix sns_producer.group_ids or MESSAGE_GROUP_ID_FIELD."
+            f"{type(codec.schema).__qualname__}: fix microbus_sns_producer.group_ids or MESSAGE_GROUP_ID_FIELD."
         )
     key, field = declared
     value = content.get(field.attribute or key)
@@ -679,19 +679,19 @@ def _group_by_topic(messages: Iterable[OutgoingMessage]) -> dict[str, list[int]]
 
 @defaults(default=None, mappings={})
 def configure_sns_topic_arns(graph: ObjectGraph) -> TopicArns:
-    """microcosm factory: ``graph.sns_topic_arns`` from ``sns_topic_arns.default`` and ``.mappings``."""
-    config = graph.config.sns_topic_arns
+    """microcosm factory: ``graph.microbus_sns_topic_arns`` from its section's ``default`` and ``mappings``."""
+    config = graph.config.microbus_sns_topic_arns
     return TopicArns(default=config.default or None, mappings=dict(config.mappings or {}))
 
 
 @defaults(max_attempts=3, retry_base_s=0.2, group_ids={})
 def configure_sns_producer(graph: ObjectGraph) -> SNSProducer:
-    """microcosm factory: ``graph.sns_producer``; ``sns_producer.group_ids`` maps media types to group id fields."""
-    config = graph.config.sns_producer
+    """microcosm factory: ``graph.microbus_sns_producer``; its ``group_ids`` map media types to group id fields."""
+    config = graph.config.microbus_sns_producer
     return SNSProducer(
         transport=SNSTransport(client=graph.sns_client),
-        schema_registry=graph.pubsub_message_schema_registry,
-        topic_arns=graph.sns_topic_arns,
+        schema_registry=graph.microbus_pubsub_message_schema_registry,
+        topic_arns=graph.microbus_sns_topic_arns,
         opaque=graph.opaque.as_dict,
         max_attempts=int(config.max_attempts),
         retry_base_s=float(config.retry_base_s),

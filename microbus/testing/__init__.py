@@ -1,8 +1,8 @@
 """Helpers for testing code that uses microbus.
 
-Add ``pytest_plugins = ["microbus.testing.fixtures"]`` to your ``conftest.py`` for the fixtures
-(``microbus_endpoint``, ``microbus_queue``, ``microbus_graph``); use :class:`StubQueue` for fast
-unit tests without an emulator.
+The fixtures (``microbus_endpoint``, ``microbus_queue``, ``microbus_graph``, …) are a pytest plugin that
+comes with the package (``pip install 'microbus[testing]'``): no conftest needed. Use :class:`StubQueue` for
+fast unit tests without an emulator.
 """
 
 from microbus.testing.helpers import wait_for

@@ -1,6 +1,7 @@
 """pytest fixtures: an emulator endpoint, a fresh topic + queue (+ DLQ) per test, a configured graph.
 
-Enable with ``pytest_plugins = ["microbus.testing.fixtures"]``. Choose the emulator with
+Installed as a pytest plugin (the ``pytest11`` entry point ``microbus.testing.fixtures``; ``-p
+no:microbus.testing.fixtures`` turns it off). Choose the emulator with
 ``--emulator moto|localstack`` or ``MICROBUS_TEST_EMULATOR`` (default moto, the embedded server).
 ``MICROBUS_TEST_ENDPOINT_URL`` points the tests at an emulator already running. For LocalStack without
 one, the fixture starts ``localstack/localstack.sh`` (or ``MICROBUS_LOCALSTACK_SCRIPT``) for the session;
@@ -73,8 +74,8 @@ class TestQueue:
         """Graph config pointing the producer at the topic and the consumer at the queue."""
         config: dict[str, Any] = {
             **self.endpoint.config(),
-            "sns_topic_arns": {"default": self.topic_arn},
-            "sqs_consumer": {"sqs_queue_url": self.queue_url, "wait_seconds": 1},
+            "microbus_sns_topic_arns": {"default": self.topic_arn},
+            "microbus_sqs_consumer": {"sqs_queue_url": self.queue_url, "wait_seconds": 1},
         }
         for key, value in extra.items():
             config[key] = {**config.get(key, {}), **value}
@@ -202,5 +203,5 @@ def microbus_queue(make_queue: Callable[..., TestQueue]) -> TestQueue:
 def microbus_graph(microbus_queue: TestQueue) -> ObjectGraph:
     """A microcosm graph whose producer and consumer use ``microbus_queue``."""
     graph = create_object_graph("microbus-test", testing=True, loader=load_from_dict(microbus_queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer", "sqs_message_dispatcher")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer", "microbus_sqs_message_dispatcher")
     return graph

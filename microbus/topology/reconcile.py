@@ -35,7 +35,7 @@ class AppliedTopology:
     default_topic: str | None = None
 
     def sns_topic_arns_config(self) -> dict[str, Any]:
-        """The ``sns_topic_arns`` config section for producers: default topic and media type → topic ARN."""
+        """The ``microbus_sns_topic_arns`` config section for producers: default topic and media type → topic ARN."""
         default = self.topic_arns.get(self.default_topic) if self.default_topic else None
         if default is None and len(self.topic_arns) == 1 and not self.routes:
             default = next(iter(self.topic_arns.values()))

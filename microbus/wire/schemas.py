@@ -111,9 +111,9 @@ class SchemaRegistry:
 
 @defaults(auto_register=False)
 def configure_schema_registry(graph: ObjectGraph) -> SchemaRegistry:
-    """microcosm factory: ``graph.pubsub_message_schema_registry``; ``auto_register`` gives convention media
-    types their convention schemas (microcosm-pubsub's default)."""
-    auto_register = graph.config.pubsub_message_schema_registry.auto_register
+    """microcosm factory: ``graph.microbus_pubsub_message_schema_registry``; ``auto_register`` gives convention
+    media types their convention schemas (microcosm-pubsub's default)."""
+    auto_register = graph.config.microbus_pubsub_message_schema_registry.auto_register
     if isinstance(auto_register, str):
         auto_register = auto_register.strip().lower() in ("1", "true", "yes", "on")
     return SchemaRegistry(auto_register=bool(auto_register))

@@ -67,7 +67,7 @@ class FaultDaemon(ConsumerDaemon):
         return {
             **super().defaults,
             "aws": {"connect_timeout_s": 2.0, "read_timeout_s": 5.0, "max_attempts": 2},
-            "sqs_message_dispatcher": {"backoff_base_s": 0.5, "backoff_max_s": 2.0},
+            "microbus_sqs_message_dispatcher": {"backoff_base_s": 0.5, "backoff_max_s": 2.0},
         }
 
 

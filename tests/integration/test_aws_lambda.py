@@ -73,8 +73,8 @@ def clean():
 
 def graph_factory(queue):
     config = queue.graph_config(
-        sqs_message_handler_registry={"media_types": [Job.MEDIA_TYPE, AsyncJob.MEDIA_TYPE]},
-        sqs_message_dispatcher={"backoff_base_s": 60, "backoff_max_s": 60},
+        microbus_sqs_message_handler_registry={"media_types": [Job.MEDIA_TYPE, AsyncJob.MEDIA_TYPE]},
+        microbus_sqs_message_dispatcher={"backoff_base_s": 60, "backoff_max_s": 60},
     )
 
     def create():
@@ -338,7 +338,7 @@ def test_a_message_not_yet_due_is_hidden_until_due_and_its_handler_not_run(micro
     queue = microbus_queue
     handler = make_lambda_handler(graph_factory(queue))
     producer = create_object_graph("lambda-producer", testing=True, loader=load_from_dict(queue.graph_config()))
-    producer.sns_producer.produce(Job.MEDIA_TYPE, dict(action="ok", key="later"), delay=timedelta(hours=1))
+    producer.microbus_sns_producer.produce(Job.MEDIA_TYPE, dict(action="ok", key="later"), delay=timedelta(hours=1))
     raws = receive(queue, 1)
     changes = []
     handler.graph.sqs_client.meta.events.register(

@@ -74,7 +74,7 @@ def test_run_finds_a_module_in_the_current_directory_without_pythonpath(microbus
         textwrap.dedent(
             f"""
             from microbus import ConsumerDaemon, handles
-            from schemas import OrderPlaced
+            from microbus.reference.schemas import OrderPlaced
 
             @handles(OrderPlaced)
             def record(content):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from microbus.reference.schemas import OrderPlaced
 
 from microbus.cli import main
 from microbus.ops import inspect
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 MICROBUS = str(Path(sys.executable).parent / "microbus")

@@ -3,7 +3,7 @@ and one SIGTERM stops them all cleanly.
 
 The daemons are defined here and run in a child process (signals reach only a main thread) with
 ``microbus run tests.integration.test_companions:PrimaryDaemon``: the primary gets its queue on the command
-line, the companion through microcosm's ``NAME__SQS_CONSUMER__SQS_QUEUE_URL`` environment variable, or through
+line, the companion through microcosm's ``NAME__MICROBUS_SQS_CONSUMER__SQS_QUEUE_URL`` environment variable, or through
 its ``defaults``.
 """
 
@@ -57,7 +57,7 @@ def handle_companion(content: dict[str, Any]) -> None:
 
 
 class CompanionDaemon(ConsumerDaemon):
-    """The companion; its queue comes from ``MICROBUS_TEST_COMPANION__SQS_CONSUMER__SQS_QUEUE_URL``."""
+    """The companion; its queue comes from ``MICROBUS_TEST_COMPANION__MICROBUS_SQS_CONSUMER__SQS_QUEUE_URL``."""
 
     name = "microbus-test-companion"
     media_types = [COMPANION_MT]
@@ -80,7 +80,7 @@ class CompanionByDefaults(ConsumerDaemon):
     @property
     def defaults(self) -> dict[str, Any]:
         config = super().defaults
-        config["sqs_consumer"] = {"sqs_queue_url": os.environ[COMPANION_QUEUE_VARIABLE]}
+        config["microbus_sqs_consumer"] = {"sqs_queue_url": os.environ[COMPANION_QUEUE_VARIABLE]}
         return config
 
 
@@ -132,7 +132,7 @@ def test_a_daemon_and_its_companion_drain_their_own_queues_and_stop_on_one_sigte
     send(primary, PRIMARY_MT, 5)
     send(companion, COMPANION_MT, 7)
     if how == "environment":
-        variable = companion_name.upper().replace("-", "_") + "__SQS_CONSUMER__SQS_QUEUE_URL"
+        variable = companion_name.upper().replace("-", "_") + "__MICROBUS_SQS_CONSUMER__SQS_QUEUE_URL"
         env_extra = {variable: companion.queue_url}
     else:
         env_extra = {COMPANION_QUEUE_VARIABLE: companion.queue_url}
@@ -180,7 +180,7 @@ def test_a_companion_without_a_queue_fails_with_a_sentence_that_names_the_compan
     assert process.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert f"{CompanionDaemon.name}:" in stderr
-    assert "MICROBUS_TEST_COMPANION__SQS_CONSUMER__SQS_QUEUE_URL" in stderr
+    assert "MICROBUS_TEST_COMPANION__MICROBUS_SQS_CONSUMER__SQS_QUEUE_URL" in stderr
 
 
 def target_name(target):

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 
 def graph_for(queue):
     graph = create_object_graph("daemon-test", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     return graph
 
 
@@ -35,7 +35,7 @@ def start_worker(graph, handler, **policy):
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handler}),
         retry_policy=RetryPolicy(**({"base_s": 1, "jitter": False} | policy)),
     )
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=2)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher, concurrency=2)
     worker.start()
     return worker
 
@@ -51,7 +51,7 @@ def test_a_failed_message_is_not_deleted_and_is_handled_again_after_the_backoff(
 
     worker = start_worker(graph, flaky)
     try:
-        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
+        graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
         wait_for(lambda: worker.stats.outcomes[Outcome.SUCCEEDED.label] == 1, timeout_s=20, what="the retry")
     finally:
         worker.stop()
@@ -97,7 +97,7 @@ def daemon_env(queue):
 
 @pytest.mark.parametrize(
     "command",
-    [["microbus-orders-daemon"], ["microbus", "run", "daemons.orders:OrdersDaemon"]],
+    [["microbus-orders-daemon"], ["microbus", "run", "microbus.reference.daemons.orders:OrdersDaemon"]],
     ids=["entry-point", "microbus-run"],
 )
 def test_the_daemon_handles_messages_and_exits_cleanly_on_sigterm(microbus_queue, command):
@@ -113,7 +113,7 @@ def test_the_daemon_handles_messages_and_exits_cleanly_on_sigterm(microbus_queue
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
     try:
-        graph.sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": f"o-{i}"} for i in range(10)])
+        graph.microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": f"o-{i}"} for i in range(10)])
         # Wait on the daemon's own outcome lines, not on queue depth: LocalStack delivers SNS→SQS
         # asynchronously, so an empty queue right after publishing does not mean "consumed" there.
         wait_for(lambda: sum("SUCCEEDED" in line for line in lines) >= 10, timeout_s=30, what="10 handled")
@@ -174,7 +174,10 @@ def test_an_unreachable_endpoint_is_reported_in_one_clear_sentence_and_waited_fo
 
 def test_microbus_run_rejects_a_target_that_is_not_a_daemon():
     result = subprocess.run(
-        [str(BIN / "microbus"), "run", "schemas:OrderPlaced"], capture_output=True, text=True, timeout=30
+        [str(BIN / "microbus"), "run", "microbus.reference.schemas:OrderPlaced"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "is not a ConsumerDaemon subclass" in result.stderr
@@ -197,7 +200,7 @@ def test_poison_on_a_fifo_queue_is_dead_lettered_to_its_fifo_dlq(microbus_endpoi
         "fifo-test",
         testing=True,
         loader=load_from_dict(
-            {**microbus_endpoint.config(), "sqs_consumer": {"sqs_queue_url": url, "wait_seconds": 1}}
+            {**microbus_endpoint.config(), "microbus_sqs_consumer": {"sqs_queue_url": url, "wait_seconds": 1}}
         ),
     )
     worker = start_worker(graph, lambda content: None)

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus.ops.dashboard import Dashboard, DashboardServer, LiveSource
 from microbus.testing import wait_for
 from microbus.testing.emulator import Endpoint
 from microbus.testing.fixtures import unavailable
-from schemas import OrderPlaced
 from tests.integration.dashboard_helpers import EVIL, ORDER, closed_port_url, metrics_endpoint, serving
 from tests.integration.test_observability import WORK_MT, Daemon, endpoint_of
 from tests.integration.test_observability import producer as observe_producer
@@ -86,7 +86,7 @@ def wait_shown(page: Any, queue: str, expected: dict[str, str]) -> None:
 
 def produce(queue: Any, contents: list[dict[str, Any]]) -> None:
     graph = create_object_graph("dashboard-browser", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
+    graph.microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
 
 
 def test_the_page_shows_queue_counts_after_producing_and_consuming(make_queue, page):

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus.ops.dashboard import Dashboard, DashboardServer, LiveSource
 from microbus.testing import wait_for
 from microbus.testing.emulator import Endpoint
-from schemas import OrderPlaced
 from tests.integration.dashboard_helpers import closed_port_url, metrics_endpoint, request, serving
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def counts(server, name):
 
 def producer(queue):
     graph = create_object_graph("dashboard-test", testing=True, loader=load_from_dict(queue.graph_config()))
-    return graph.sns_producer
+    return graph.microbus_sns_producer
 
 
 def test_overview_follows_the_queue_through_produce_receive_and_delete(make_queue):

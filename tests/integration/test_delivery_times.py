@@ -7,12 +7,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import HandlerRegistry, MessageValidationError, Outcome, SQSMessageDispatcher, Worker
 from microbus.testing import wait_for
 from microbus.wire.delivery import DELIVER_AT_KEY
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ class Clock:
 
 def make_graph(queue):
     graph = create_object_graph("delay", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     return graph
 
 
@@ -49,15 +49,15 @@ def test_a_message_due_in_three_days_is_hidden_12_hours_at_a_time_then_handled_w
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}), clock=clock
     )
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="later", delay=timedelta(days=3))
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="later", delay=timedelta(days=3))
     # When it is received before its time
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the message")
     assert message.opaque_data[DELIVER_AT_KEY].endswith("+00:00")
     result = dispatcher.handle(message)
     # Then it is deferred for SQS's 12 h maximum, without running the handler and without an attempt counted
     assert result.outcome is Outcome.DEFERRED and result.retry_after_s == 43_200
     assert handled == []
-    dispatcher.apply(result, message, consumer=graph.sqs_consumer, ack=graph.sqs_consumer.ack)
+    dispatcher.apply(result, message, consumer=graph.microbus_sqs_consumer, ack=graph.microbus_sqs_consumer.ack)
     assert visibility_of(queue) == 1
     # When the clock reaches 2 s before the due time, the hold is those 2 s
     clock.now += 3 * 86_400 - 2
@@ -76,12 +76,12 @@ def test_a_short_delay_is_delivered_after_it_by_a_worker(make_queue):
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: handled.append(time.time())})
     )
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher)
     worker.start()
     try:
         # When a message is produced with a 2 s delay
         sent = time.time()
-        graph.sns_producer.produce(
+        graph.microbus_sns_producer.produce(
             OrderPlaced.MEDIA_TYPE, order_id="soon", deliver_at=datetime.now(UTC) + timedelta(seconds=2)
         )
         # Then it is handled once, no earlier than due
@@ -103,11 +103,11 @@ def test_a_malformed_due_time_from_the_wire_is_dead_lettered_with_its_reason(mak
     graph = make_graph(queue)
     body = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o", "opaqueData": {DELIVER_AT_KEY: value}}
     queue.sqs.send_message(QueueUrl=queue.queue_url, MessageBody=json.dumps(body))
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the message")
     handled = []
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}))
     result = dispatcher.handle(message)
-    dispatcher.apply(result, message, consumer=graph.sqs_consumer, ack=graph.sqs_consumer.ack)
+    dispatcher.apply(result, message, consumer=graph.microbus_sqs_consumer, ack=graph.microbus_sqs_consumer.ack)
     # Then it is not handled, and it is in the DLQ with the reason: nothing lost
     assert handled == []
     assert result.outcome is Outcome.REJECTED and result.reason == "malformed-deliver-at"
@@ -117,7 +117,7 @@ def test_a_malformed_due_time_from_the_wire_is_dead_lettered_with_its_reason(mak
 
 def test_bad_delivery_times_are_refused_before_anything_is_sent(make_queue):
     queue = make_queue()
-    producer = make_graph(queue).sns_producer
+    producer = make_graph(queue).microbus_sns_producer
     with pytest.raises(MessageValidationError, match="time zone"):
         producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o", deliver_at=datetime(2030, 1, 1))
     with pytest.raises(MessageValidationError, match="not both"):

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
-from schemas import OrderPlaced, PaymentCaptured
 
 pytestmark = pytest.mark.integration
 
 
 def make_graph(queue):
     graph = create_object_graph("e2e", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     return graph
 
 
@@ -26,8 +26,8 @@ def test_produced_messages_are_consumed_with_content_and_acked(make_queue, raw):
     queue = make_queue(raw=raw)
     graph = make_graph(queue)
     # When a message is produced and consumed
-    message_id = graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, dict(order_id="o-1"), total_cents=250)
-    messages = wait_for(lambda: graph.sqs_consumer.consume(), what="a message")
+    message_id = graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, dict(order_id="o-1"), total_cents=250)
+    messages = wait_for(lambda: graph.microbus_sqs_consumer.consume(), what="a message")
     # Then its content, media type and opaque data survive the trip
     assert len(messages) == 1
     message = messages[0]
@@ -53,11 +53,11 @@ def test_worker_handles_and_deletes_every_message_with_batched_deletes(microbus_
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append, PaymentCaptured.MEDIA_TYPE: seen.append})
     )
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=2)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher, concurrency=2)
     worker.start()
     try:
-        graph.sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": f"o-{i}"} for i in range(15)])
-        graph.sns_producer.produce_batch(
+        graph.microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": f"o-{i}"} for i in range(15)])
+        graph.microbus_sns_producer.produce_batch(
             PaymentCaptured.MEDIA_TYPE, [{"order_id": "o", "amount_cents": i} for i in range(5)]
         )
         wait_for(lambda: worker.stats.outcomes[Outcome.SUCCEEDED.label] >= 20, what="20 handled")

@@ -277,7 +277,7 @@ def step_handler(content: dict[str, Any]) -> dict[str, Any]:
 
 def refuse_last_step(graph: Any, refuse: dict[str, bool]) -> dict[str, bool]:
     """While ``refuse["on"]``, SNS refuses the entries of the last step (and publishes the others)."""
-    transport = graph.sns_producer.transport
+    transport = graph.microbus_sns_producer.transport
     real = transport.publish_batch
 
     def publish_batch(topic_arn: str, entries: list[Any], **kwargs: Any) -> Any:
@@ -310,15 +310,15 @@ def fan_in_app(make_queue, microbus_endpoint):
     callback_queue_url = applied.queue_urls[name]
     config = queue.graph_config(
         parallel={"callback_queue_url": callback_queue_url},
-        sqs_message_dispatcher={"middleware": ["parallel_reporter"]},
+        microbus_sqs_message_dispatcher={"middleware": ["parallel_reporter"]},
     )
     graph = create_object_graph("fanin-test", testing=True, loader=load_from_dict(config))
-    graph.use("parallel", "sqs_consumer", "parallel_reporter")
+    graph.use("parallel", "microbus_sqs_consumer", "parallel_reporter")
 
     def callback_worker(ttl_s: int = 600) -> Worker:
         daemon = CallbackDaemon(
             **microbus_endpoint.config(),
-            sqs_consumer={"sqs_queue_url": callback_queue_url, "wait_seconds": 1},
+            microbus_sqs_consumer={"sqs_queue_url": callback_queue_url, "wait_seconds": 1},
             fan_in_store={"table_name": name, "ttl_s": ttl_s},
             parallel_callback_dispatcher={"backoff_base_s": 0.2},
         )
@@ -329,7 +329,7 @@ def fan_in_app(make_queue, microbus_endpoint):
             handler_registry=HandlerRegistry(dict.fromkeys(STEP_TYPES, step_handler)),
             middleware=[graph.parallel_reporter],
         )
-        return Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=4)
+        return Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher, concurrency=4)
 
     with ExitStack() as stack:
 

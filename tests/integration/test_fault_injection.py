@@ -53,7 +53,7 @@ def daemons(ledger, tmp_path, idempotency_environ):
 
 def producer_for(queue):
     graph = create_object_graph("fault-test", testing=True, loader=load_from_dict(queue.graph_config()))
-    return graph.sns_producer
+    return graph.microbus_sns_producer
 
 
 def publisher(producer):

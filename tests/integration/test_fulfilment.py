@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from microbus.reference.daemons import fulfilment
+from microbus.reference.daemons.demo import run_demo
 from microcosm.api import create_object_graph, load_from_dict
 
-from daemons import fulfilment
-from daemons.demo import run_demo
 from microbus.testing import wait_for
 from microbus.topology import apply_topology
 
@@ -26,13 +26,14 @@ def test_an_order_is_confirmed_when_all_steps_succeed_and_rejected_when_payment_
     )
     workers = [
         cls(
-            **microbus_endpoint.config(), sqs_consumer={"sqs_queue_url": shop.queue_urls[cls.name], "wait_seconds": 1}
+            **microbus_endpoint.config(),
+            microbus_sqs_consumer={"sqs_queue_url": shop.queue_urls[cls.name], "wait_seconds": 1},
         ).create_worker(concurrency=2)
         for cls in (fulfilment.FulfilmentDaemon, fulfilment.FulfilmentCallbacksDaemon)
     ]
     config = {
         **microbus_endpoint.config(),
-        "sns_topic_arns": {"default": shop.topic_arns["fulfilment"]},
+        "microbus_sns_topic_arns": {"default": shop.topic_arns["fulfilment"]},
         "parallel": {"callback_queue_url": shop.queue_urls["fulfilment-callbacks"]},
     }
     graph = create_object_graph("orders", testing=True, loader=load_from_dict(config))

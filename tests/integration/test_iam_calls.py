@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from marshmallow import fields
+from microbus.reference.daemons import reference
 from microcosm.api import create_object_graph, load_from_dict
 
-from daemons import reference
 from microbus import PubSubMessageSchema, Worker, schema
 from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
@@ -181,7 +181,7 @@ def test_every_call_of_the_stores_the_reporter_and_the_consumers_is_granted_by_t
         loader=load_from_dict(
             {
                 **base,
-                "sqs_consumer": {"sqs_queue_url": targets_url, "wait_seconds": 1},
+                "microbus_sqs_consumer": {"sqs_queue_url": targets_url, "wait_seconds": 1},
                 "parallel_reporter": {"allowed_reply_queues": [callbacks_url]},
                 "idempotency_guard": {"table_name": names["idem"], "lease_s": 60},
             }
@@ -198,7 +198,7 @@ def test_every_call_of_the_stores_the_reporter_and_the_consumers_is_granted_by_t
     # and a callback daemon with a fan-in table, and an invoker
     callbacks = CallbackDaemon(
         **base,
-        sqs_consumer={"sqs_queue_url": callbacks_url, "wait_seconds": 1},
+        microbus_sqs_consumer={"sqs_queue_url": callbacks_url, "wait_seconds": 1},
         fan_in_store={"table_name": names["fanin"]},
         parallel_callback_dispatcher={"backoff_base_s": 0.2},
     )
@@ -209,14 +209,14 @@ def test_every_call_of_the_stores_the_reporter_and_the_consumers_is_granted_by_t
         loader=load_from_dict(
             {
                 **base,
-                "sns_topic_arns": {"default": applied.topic_arns[names["topic"]]},
+                "microbus_sns_topic_arns": {"default": applied.topic_arns[names["topic"]]},
                 "parallel": {"callback_queue_url": callbacks_url},
             }
         ),
     )
     recorder.watch("iam-invoker", invoker.sns_client, invoker.sqs_client)
     with ExitStack() as stack:
-        workers = [Worker(consumer=target.sqs_consumer, dispatcher=dispatcher), callbacks.create_worker()]
+        workers = [Worker(consumer=target.microbus_sqs_consumer, dispatcher=dispatcher), callbacks.create_worker()]
         for worker in workers:
             worker.start()
             stack.callback(worker.join)
@@ -227,9 +227,9 @@ def test_every_call_of_the_stores_the_reporter_and_the_consumers_is_granted_by_t
             on_target=["test.iam.each"],
             on_final=["test.iam.final"],
         )
-        twice = invoker.sns_producer.create_message(IamJob.MEDIA_TYPE, {"n": 4})
-        invoker.sns_producer.publish(twice)
-        invoker.sns_producer.publish(twice)
+        twice = invoker.microbus_sns_producer.create_message(IamJob.MEDIA_TYPE, {"n": 4})
+        invoker.microbus_sns_producer.publish(twice)
+        invoker.microbus_sns_producer.publish(twice)
         microbus_endpoint.settings().client("sqs").send_message(QueueUrl=targets_url, MessageBody="not json")
         wait_for(lambda: any(p["cid"] == cid for p in finals), timeout_s=30, what="the final callback")
         wait_for(lambda: workers[0].stats.dead_lettered >= 1 and workers[0].stats.handled >= 5, timeout_s=30)

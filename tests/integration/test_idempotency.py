@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
@@ -14,7 +15,6 @@ from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import ConfigurationError
 from microbus.patterns.idempotency import COMPLETED, DynamoDBIdempotencyStore, IdempotencyGuard
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,14 @@ def test_a_message_published_twice_runs_its_idempotent_handler_once(make_queue, 
     # Given a queue, and one encoded message published twice (as a producer retry after a lost response would)
     queue = make_queue(raw=raw)
     graph = create_object_graph("idem", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
-    outgoing = graph.sns_producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o-1"})
-    graph.sns_producer.publish(outgoing)
-    graph.sns_producer.publish(outgoing)
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
+    outgoing = graph.microbus_sns_producer.create_message(OrderPlaced.MEDIA_TYPE, {"order_id": "o-1"})
+    graph.microbus_sns_producer.publish(outgoing)
+    graph.microbus_sns_producer.publish(outgoing)
     seen = []
     registry = HandlerRegistry({OrderPlaced.MEDIA_TYPE: seen.append}, idempotent=[OrderPlaced.MEDIA_TYPE])
     dispatcher = SQSMessageDispatcher(handler_registry=registry, middleware=[IdempotencyGuard(store=store)])
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher)
     # When the worker consumes both copies
     worker.start()
     try:

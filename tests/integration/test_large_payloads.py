@@ -6,13 +6,13 @@ import json
 import uuid
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import HandlerRegistry, MessageTooLargeError, Outcome, SQSMessageDispatcher, Worker
 from microbus.testing import wait_for
 from microbus.wire.codecs import PubSubMessageCodec
 from microbus.wire.payloads import POINTER_CLASS
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def objects(s3, bucket_name):
 def make_graph(queue, bucket_name=None, **payload_store):
     extra = {"payload_store": {"bucket": bucket_name, **payload_store}} if bucket_name else {}
     graph = create_object_graph("payloads", testing=True, loader=load_from_dict(queue.graph_config(**extra)))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     return graph
 
 
@@ -51,10 +51,10 @@ def test_a_large_payload_round_trips_through_s3_and_its_object_is_gone_after_the
     graph = make_graph(queue, name, delete_after_ack=True)
     received = []
     # When a message far over the SNS limit is produced
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * size)
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * size)
     # Then its body is in S3 while the message is on the queue
     wait_for(lambda: objects(s3, name), what="the stored payload")
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher(received.append))
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher(received.append))
     worker.start()
     try:
         # And the handler gets the whole content
@@ -73,7 +73,7 @@ def test_what_microbus_writes_is_the_extended_clients_pointer_and_attribute(make
     s3, name = bucket
     queue = make_queue(raw=True)
     graph = make_graph(queue, name)
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="y" * 300_000)
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="y" * 300_000)
     # When the message is received by plain boto3
     raw = wait_for(
         lambda: queue.sqs.receive_message(QueueUrl=queue.queue_url, MessageAttributeNames=["All"]).get("Messages"),
@@ -111,7 +111,7 @@ def test_a_message_an_extended_client_wrote_is_read(make_queue, bucket, pointer_
         MessageAttributes={attribute: {"DataType": "Number", "StringValue": str(len(body))}},
     )
     # When microbus consumes it
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the message")
     # Then the content is the stored body's
     assert message.error is None
     assert message.content["order_id"] == "from-java"
@@ -122,14 +122,14 @@ def test_a_missing_object_is_dead_lettered_with_its_reason_and_nothing_else_is_l
     s3, name = bucket
     queue = make_queue()
     graph = make_graph(queue, name)
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="z" * 300_000)
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="z" * 300_000)
     for key in wait_for(lambda: objects(s3, name), what="the stored payload"):
         s3.delete_object(Bucket=name, Key=key)
     # When it is handled
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the message")
     handling = dispatcher(lambda content: None)
     result = handling.handle(message)
-    handling.apply(result, message, consumer=graph.sqs_consumer, ack=graph.sqs_consumer.ack)
+    handling.apply(result, message, consumer=graph.microbus_sqs_consumer, ack=graph.microbus_sqs_consumer.ack)
     # Then it is rejected with the reason, and the dead letter keeps the pointer
     assert result.outcome is Outcome.REJECTED and result.reason == "payload-missing"
     (dead,) = wait_for(queue.drain_dlq, what="the dead letter")
@@ -150,7 +150,7 @@ def test_a_pointer_to_another_bucket_is_refused(make_queue, bucket):
         MessageBody=json.dumps([POINTER_CLASS, {"s3BucketName": other, "s3Key": "secret"}]),
         MessageAttributes={"ExtendedPayloadSize": {"DataType": "Number", "StringValue": "18"}},
     )
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the message")
     # Then it is not fetched: the message is poison, with a reason that names the bucket
     assert message.content is None
     assert message.error.reason == "payload-pointer-invalid"
@@ -161,5 +161,5 @@ def test_with_large_payloads_off_an_oversize_message_fails_as_before(make_queue)
     queue = make_queue()
     graph = make_graph(queue)
     with pytest.raises(MessageTooLargeError, match="over the SNS limit of 262144"):
-        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 300_000)
+        graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 300_000)
     assert queue.depth() == 0

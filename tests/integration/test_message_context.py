@@ -9,12 +9,12 @@ import dataclasses
 import json
 
 import pytest
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSConsumer, SQSMessageDispatcher, Worker, current_cid
 from microbus.testing import wait_for
 from microbus.wire.transport import SQSTransport
-from schemas import OrderPlaced, PaymentCaptured
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +39,17 @@ def test_sync_and_async_handlers_pass_their_context_on_through_sns(make_queue):
     # Given a worker whose sync and async handlers each produce a message to a second topic
     inbound, outbound = make_queue(), make_queue()
     graph = create_object_graph("context", testing=True, loader=load_from_dict(outbound.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")  # resolved before the handler threads share them
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")  # resolved before the handler threads share them
     seen = {}
 
     def on_order(content):
         seen[content["order_id"]] = current_cid()
-        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"] + "-next")
+        graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"] + "-next")
 
     async def on_payment(content):
         await asyncio.sleep(0.01)
         seen[content["order_id"]] = current_cid()
-        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"] + "-next")
+        graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"] + "-next")
 
     worker = make_worker(inbound, {OrderPlaced.MEDIA_TYPE: on_order, PaymentCaptured.MEDIA_TYPE: on_payment})
     worker.start()
@@ -66,7 +66,7 @@ def test_sync_and_async_handlers_pass_their_context_on_through_sns(make_queue):
     received = {}
 
     def receive():
-        received.update({m.content["order_id"]: m.opaque_data for m in graph.sqs_consumer.consume()})
+        received.update({m.content["order_id"]: m.opaque_data for m in graph.microbus_sqs_consumer.consume()})
         return len(received) == 2
 
     wait_for(receive, timeout_s=20, what="the produced messages")

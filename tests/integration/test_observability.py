@@ -169,7 +169,7 @@ def test_a_daemon_does_not_log_where_it_found_its_credentials(microbus_queue, ru
 
 def producer(queue: Any) -> Any:
     graph = create_object_graph("observe-producer", testing=True, loader=load_from_dict(queue.graph_config()))
-    return graph.sns_producer
+    return graph.microbus_sns_producer
 
 
 def get(url: str) -> tuple[int, str, str]:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus.errors import QueueNotFoundError, TopicNotFoundError
 from microbus.ops import inspect
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
 
 def _producer(queue):
     graph = create_object_graph("ops-test", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer")
-    return graph.sns_producer
+    graph.use("microbus_sns_producer")
+    return graph.microbus_sns_producer
 
 
 def test_queue_stats_count_visible_in_flight_and_the_dead_letter_queue(make_queue):

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 from sqlalchemy import Column, MetaData, String, Table, create_engine, func, insert, select
 
@@ -27,7 +28,6 @@ from microbus.consume.handlers import HandlerRegistry
 from microbus.outbox import Outbox, OutboxRelay
 from microbus.testing import wait_for
 from microbus.testing.fixtures import unavailable
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 POSTGRES_VARIABLE = "MICROBUS_TEST_POSTGRES_URL"
@@ -76,7 +76,7 @@ class App:
         self.metadata.create_all(self.engine)
         self.queue = queue
         self.graph = create_object_graph("outbox", testing=True, loader=load_from_dict(queue.graph_config()))
-        self.graph.use("sns_producer", "sqs_consumer")
+        self.graph.use("microbus_sns_producer", "microbus_sqs_consumer")
         self.published: list[str] = []  # microbus message ids, as they went out in PublishBatch calls
         self.graph.sns_client.meta.events.register("before-parameter-build.sns.PublishBatch", self._record)
 
@@ -87,7 +87,7 @@ class App:
     def place(self, order_id, *, fail=False):
         with self.engine.begin() as connection, self.outbox.transaction(connection):
             connection.execute(insert(self.orders).values(order_id=order_id))
-            message_id = self.graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=order_id)
+            message_id = self.graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=order_id)
             if fail:
                 raise RuntimeError("the request failed after producing")
         return message_id
@@ -97,11 +97,11 @@ class App:
         with self.engine.begin() as connection, self.outbox.transaction(connection):
             for i in range(count):
                 connection.execute(insert(self.orders).values(order_id=f"{prefix}-{i}"))
-                rows.append(self.graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=f"{prefix}-{i}"))
+                rows.append(self.graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=f"{prefix}-{i}"))
         return rows
 
     def relay(self, **options):
-        return OutboxRelay(engine=self.engine, producer=self.graph.sns_producer, outbox=self.outbox, **options)
+        return OutboxRelay(engine=self.engine, producer=self.graph.microbus_sns_producer, outbox=self.outbox, **options)
 
     def count(self, *where):
         table = self.outbox.table
@@ -134,7 +134,7 @@ def test_a_committed_message_is_relayed_and_handled_and_a_rolled_back_one_never_
     # When the relay runs as a thread in the application, and a daemon consumes
     handled = []
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}))
-    worker = Worker(consumer=app.graph.sqs_consumer, dispatcher=dispatcher)
+    worker = Worker(consumer=app.graph.microbus_sqs_consumer, dispatcher=dispatcher)
     relay = app.relay(poll_interval_s=0.05).start()
     worker.start()
     try:
@@ -309,12 +309,12 @@ def test_a_large_payload_waits_in_the_outbox_and_goes_to_s3_when_relayed(app, tm
     config = app.queue.graph_config(payload_store={"bucket": bucket})
     graph = create_object_graph("outbox-large", testing=True, loader=load_from_dict(config))
     with app.engine.begin() as connection, app.outbox.transaction(connection):
-        graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 400_000)
+        graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="x" * 400_000)
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # nothing stored before the relay
     # When the relay command runs with the bucket
     log = tmp_path / "relay.log"
     assert relay_process(app, log, "--payload-bucket", bucket, "--once").wait(60) == 0, log.read_text()
     # Then the body went to S3 and the consumer reads the whole content
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 1
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the large message")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the large message")
     assert message.error is None and message.content["order_id"] == "x" * 400_000

@@ -92,15 +92,15 @@ def parallel_app(make_queue, microbus_endpoint):
     config = queue.graph_config(
         parallel={"callback_queue_url": callback_queue_url},
         fan_in_store={"table_name": name},
-        sqs_message_dispatcher={"middleware": ["parallel_reporter"]},
+        microbus_sqs_message_dispatcher={"middleware": ["parallel_reporter"]},
     )
     graph = create_object_graph("parallel-test", testing=True, loader=load_from_dict(config))
-    graph.use("parallel", "sqs_consumer", "parallel_reporter")
+    graph.use("parallel", "microbus_sqs_consumer", "parallel_reporter")
 
     def callback_worker() -> Worker:
         daemon = CallbackDaemon(
             **microbus_endpoint.config(),
-            sqs_consumer={"sqs_queue_url": callback_queue_url, "wait_seconds": 1},
+            microbus_sqs_consumer={"sqs_queue_url": callback_queue_url, "wait_seconds": 1},
             fan_in_store={"table_name": name},
             parallel_callback_dispatcher={"backoff_base_s": 0.2},
         )
@@ -110,7 +110,7 @@ def parallel_app(make_queue, microbus_endpoint):
         handler_registry=HandlerRegistry(dict.fromkeys(MEDIA_TYPES, job_handler)),
         middleware=[graph.parallel_reporter],
     )
-    target_worker = Worker(consumer=graph.sqs_consumer, dispatcher=target_dispatcher, concurrency=2)
+    target_worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=target_dispatcher, concurrency=2)
     with ExitStack() as stack:
         yield graph, queue, callback_queue_url, target_worker, callback_worker, stack
 

@@ -8,6 +8,7 @@ import logging
 import threading
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import (
@@ -22,7 +23,6 @@ from microbus import (
     current_cid,
 )
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,14 @@ def service(make_queue):
     """A queue with a replying worker, and a requester producing to its topic."""
     queue = make_queue(max_receive_count=1)
     graph = create_object_graph("rr", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     replier = Replier(sqs_client=queue.sqs, allowed_reply_queues=["microbus-reply-*"], home_queue_url=queue.queue_url)
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: quote}), middleware=[replier]
     )
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher)
     worker.start()
-    requester = Requester(producer=graph.sns_producer, sqs_client=queue.sqs, source="rr")
+    requester = Requester(producer=graph.microbus_sns_producer, sqs_client=queue.sqs, source="rr")
     yield queue, requester, worker
     requester.close()
     worker.stop()
@@ -131,12 +131,12 @@ def test_a_request_naming_a_reply_queue_that_is_not_allowed_is_dead_lettered_unr
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: ran.append}), middleware=[replier]
     )
     graph = create_object_graph("rr2", testing=True, loader=load_from_dict(foreign.graph_config()))
-    graph.sns_producer.produce(
+    graph.microbus_sns_producer.produce(
         OrderPlaced.MEDIA_TYPE,
         order_id="o",
         opaque_data={"x-microbus-cid": "c1", "x-microbus-reply-queue": foreign.dlq_url},
     )
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the request")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the request")
     result = dispatcher.handle(message)
     assert ran == []
     assert result.outcome is Outcome.REJECTED and result.reason == "reply-to-not-allowed"
@@ -146,7 +146,7 @@ def test_a_reply_to_a_closed_requester_is_dropped_and_the_request_acked(make_que
     # Given a request whose requester closed (its reply queue removed) before anyone handled it
     queue = make_queue()
     graph = create_object_graph("rr3", testing=True, loader=load_from_dict(queue.graph_config()))
-    requester = Requester(producer=graph.sns_producer, sqs_client=queue.sqs, source="rr")
+    requester = Requester(producer=graph.microbus_sns_producer, sqs_client=queue.sqs, source="rr")
     with pytest.raises(RequestTimeoutError):
         requester.request(OrderPlaced.MEDIA_TYPE, {"order_id": "gone"}, timeout=0.2)
     requester.close()
@@ -154,7 +154,7 @@ def test_a_reply_to_a_closed_requester_is_dropped_and_the_request_acked(make_que
     dispatcher = SQSMessageDispatcher(
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: quote}), middleware=[replier]
     )
-    (message,) = wait_for(graph.sqs_consumer.consume, what="the request")
+    (message,) = wait_for(graph.microbus_sqs_consumer.consume, what="the request")
     # Then handling it succeeds (no retry that would run the handler again for nobody)
     assert dispatcher.handle(message).outcome is Outcome.SUCCEEDED
 

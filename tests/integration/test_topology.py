@@ -6,8 +6,9 @@ import json
 import uuid
 
 import pytest
+from microbus.reference.daemons.orders import OrdersDaemon
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
-from daemons.orders import OrdersDaemon
 from microbus.testing import wait_for
 from microbus.topology import (
     Daemon,
@@ -20,7 +21,6 @@ from microbus.topology import (
     describe_topology,
     plan_topology,
 )
-from schemas import OrderPlaced, PaymentCaptured
 
 pytestmark = pytest.mark.integration
 ORDER, PAYMENT = OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE
@@ -142,12 +142,12 @@ def test_messages_follow_the_routes_and_filters(microbus_endpoint, clients, pref
     applied = apply_topology(shop(prefix), **clients)
     from microcosm.api import create_object_graph, load_from_dict
 
-    config = {**microbus_endpoint.config(), "sns_topic_arns": applied.sns_topic_arns_config()}
-    config["sqs_consumer"] = {"sqs_queue_url": applied.queue_urls[f"{prefix}-orders"], "wait_seconds": 1}
+    config = {**microbus_endpoint.config(), "microbus_sns_topic_arns": applied.sns_topic_arns_config()}
+    config["microbus_sqs_consumer"] = {"sqs_queue_url": applied.queue_urls[f"{prefix}-orders"], "wait_seconds": 1}
     graph = create_object_graph("topology-test", testing=True, loader=load_from_dict(config))
     # When it produces both media types and one nobody handles
-    graph.sns_producer.produce(ORDER, order_id="o-1")
-    graph.sns_producer.produce(PAYMENT, order_id="o-1", amount_cents=5)
+    graph.microbus_sns_producer.produce(ORDER, order_id="o-1")
+    graph.microbus_sns_producer.produce(PAYMENT, order_id="o-1", amount_cents=5)
     clients["sns"].publish(
         TopicArn=applied.topic_arns[f"{prefix}-payments"],
         Message="{}",
@@ -155,9 +155,9 @@ def test_messages_follow_the_routes_and_filters(microbus_endpoint, clients, pref
     )
     # Then the queue receives the two handled ones (each through its own topic), not the third
     received = []
-    wait_for(lambda: received.extend(graph.sqs_consumer.consume()) or len(received) >= 2, what="2 messages")
+    wait_for(lambda: received.extend(graph.microbus_sqs_consumer.consume()) or len(received) >= 2, what="2 messages")
     assert sorted(m.media_type for m in received) == [ORDER, PAYMENT]
-    assert not graph.sqs_consumer.consume()
+    assert not graph.microbus_sqs_consumer.consume()
 
 
 def test_a_fifo_topic_delivers_to_a_fifo_queue(microbus_endpoint, clients, prefix):
@@ -190,7 +190,7 @@ def test_the_daemon_warns_at_start_when_its_queue_disagrees(microbus_endpoint, c
     # Given a queue with a visibility timeout shorter than the orders handler timeout (10s) and no DLQ
     topology = Topology(queues=(Queue(name=f"{prefix}-q", visibility_timeout_s=5, max_receive_count=None),))
     url = apply_topology(topology, **clients).queue_urls[f"{prefix}-q"]
-    daemon = OrdersDaemon(testing=True, **microbus_endpoint.config(), sqs_consumer={"sqs_queue_url": url})
+    daemon = OrdersDaemon(testing=True, **microbus_endpoint.config(), microbus_sqs_consumer={"sqs_queue_url": url})
     # When it checks its queue
     warnings = daemon.check_queue()
     # Then it warns about each problem, and that this is not the queue the topology gives it
@@ -209,7 +209,7 @@ def test_without_a_queue_url_the_daemon_consumes_the_queue_its_topology_declares
     # When it is built without --sqs-queue-url
     daemon = daemon_class(testing=True, **microbus_endpoint.config())
     # Then it consumes that queue, and finds nothing to warn about
-    assert daemon.graph.sqs_consumer.queue_url == url
+    assert daemon.graph.microbus_sqs_consumer.queue_url == url
     assert daemon.check_queue() == []
 
 

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="needs microbus[otel]")
 
+from microbus.reference.schemas import OrderPlaced  # noqa: E402
 from microcosm.api import create_object_graph, load_from_dict  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
@@ -23,7 +24,6 @@ from opentelemetry.util._once import Once  # noqa: E402
 
 from microbus import HandlerRegistry, Outcome, SQSMessageDispatcher, Worker  # noqa: E402
 from microbus.testing import wait_for  # noqa: E402
-from schemas import OrderPlaced  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +45,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 def run_one(queue: Any, handler: Any) -> Worker:
     graph = create_object_graph("trace-test", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handler}))
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher)
     worker.start()
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
     return worker
 
 

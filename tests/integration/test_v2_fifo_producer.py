@@ -6,10 +6,10 @@ import json
 import uuid
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import SchemaRegistry, SNSProducer, SNSTransport, TopicArns
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 

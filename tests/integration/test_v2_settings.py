@@ -46,7 +46,7 @@ class V2PoolDaemon(ConsumerDaemon):
 
 
 def daemon_for(queue, *, wait_seconds, cls=V2SettingsDaemon, **aws):
-    config = queue.graph_config(aws=aws, sqs_consumer={"wait_seconds": wait_seconds})
+    config = queue.graph_config(aws=aws, microbus_sqs_consumer={"wait_seconds": wait_seconds})
     return cls(testing=True, **config)
 
 

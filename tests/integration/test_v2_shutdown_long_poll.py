@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import HandlerRegistry, SQSMessageDispatcher, Worker
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -18,15 +18,15 @@ pytestmark = pytest.mark.integration
 def test_stop_interrupts_a_long_poll_on_an_empty_queue(make_queue):
     # Given a worker long-polling (20 s) an empty queue on the emulator
     queue = make_queue()
-    config = queue.graph_config(sqs_consumer={"wait_seconds": 20})
+    config = queue.graph_config(microbus_sqs_consumer={"wait_seconds": 20})
     graph = create_object_graph("v2-shutdown-test", testing=True, loader=load_from_dict(config))
-    graph.use("sqs_consumer")
+    graph.use("microbus_sqs_consumer")
     polling = threading.Event()
-    graph.sqs_consumer.transport.client.meta.events.register(
+    graph.microbus_sqs_consumer.transport.client.meta.events.register(
         "before-send.sqs.ReceiveMessage", lambda **kwargs: polling.set()
     )
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None}))
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=2)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher, concurrency=2)
     worker.start()
     joiner = threading.Thread(target=worker.join, daemon=True)
     try:

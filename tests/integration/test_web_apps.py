@@ -4,13 +4,13 @@ not when the view raises or answers 4xx/5xx, and a Worker handles them."""
 from __future__ import annotations
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ class Bus:
     def __init__(self, queue):
         self.queue = queue
         self.graph = create_object_graph("web", testing=True, loader=load_from_dict(queue.graph_config()))
-        self.graph.use("sns_producer", "sqs_consumer")
+        self.graph.use("microbus_sns_producer", "microbus_sqs_consumer")
         self.sns_calls: list[str] = []
         for operation in ("Publish", "PublishBatch"):
             self.graph.sns_client.meta.events.register(
@@ -31,10 +31,10 @@ class Bus:
         dispatcher = SQSMessageDispatcher(
             handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: self.handled.append(c["order_id"])})
         )
-        self.worker = Worker(consumer=self.graph.sqs_consumer, dispatcher=dispatcher)
+        self.worker = Worker(consumer=self.graph.microbus_sqs_consumer, dispatcher=dispatcher)
 
     def produce(self, order_id):
-        self.graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=order_id)
+        self.graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=order_id)
 
     def wait_handled(self, count):
         wait_for(lambda: self.worker.stats.outcomes[Outcome.SUCCEEDED.label] >= count, what=f"{count} handled")
@@ -198,7 +198,7 @@ def test_a_failed_publish_turns_the_response_into_a_500(bus, framework, monkeypa
     def refuse(*args, **kwargs):
         raise TransportError("SNS refused")
 
-    monkeypatch.setattr(bus.graph.sns_producer.transport, "publish_batch", refuse)
+    monkeypatch.setattr(bus.graph.microbus_sns_producer.transport, "publish_batch", refuse)
     # When SNS refuses the request's messages, the client is not told it succeeded
     assert client.post("/orders/o-9").status_code == 500
     assert bus.handled == []

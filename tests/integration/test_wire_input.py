@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Worker
@@ -14,7 +15,6 @@ from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
 from microbus.wire.sanitize import attribute_text
-from schemas import OrderPlaced
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -50,7 +50,7 @@ def test_bad_media_types_are_dead_lettered_once_each_with_sanitised_attributes_b
         handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda content: handled.append(content["order_id"])}),
         retry_policy=RetryPolicy(base_s=1, jitter=False),
     )
-    worker = Worker(consumer=graph.sqs_consumer, dispatcher=dispatcher, concurrency=2)
+    worker = Worker(consumer=graph.microbus_sqs_consumer, dispatcher=dispatcher, concurrency=2)
     # When a worker consumes them
     caplog.set_level(logging.INFO)
     worker.start()

@@ -1,9 +1,12 @@
 """Build and cache the virtualenv that runs the microcosm-pubsub 3.0.0 interop peer.
 
 The peer (``peer.py``) must run microcosm-pubsub itself, with its own dependency set
-(``requirements-peer.txt``), isolated from microbus's interpreter. The venv is built
-once per cache directory and reused while the requirements file and the base
-interpreter stay the same (a stamp file records a hash of both).
+(``requirements-peer.txt``), isolated from microbus's interpreter. microbus is installed
+in the same venv too (editable, without dependencies: the pinned set already has them),
+so every interop test runs the peer beside an installed microbus, the way a service in
+mid-migration has both. The venv is built once per cache directory and interpreter, and
+reused while the requirements file, ``setup.py`` and the base interpreter stay the same
+(a stamp file records a hash of them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 REQUIREMENTS = HERE / "requirements-peer.txt"
 PEER_SCRIPT = HERE / "peer.py"
 
@@ -36,9 +40,10 @@ class PeerEnvError(RuntimeError):
 
 
 def requirements_key(requirements: Path = REQUIREMENTS) -> str:
-    """Return the cache key: a hash of the requirements file and the base interpreter."""
+    """Return the cache key: a hash of the requirements file, microbus's setup.py and the base interpreter."""
     digest = hashlib.sha256()
     digest.update(requirements.read_bytes())
+    digest.update((ROOT / "setup.py").read_bytes())
     digest.update(f"\0{sys.implementation.cache_tag}\0{sys.version}".encode())
     return digest.hexdigest()
 
@@ -91,7 +96,8 @@ def _run(command: list[str], log_path: Path, what: str) -> None:
 def ensure_peer_python(cache_dir: Path) -> Path:
     """Return the python of a venv with ``requirements-peer.txt`` installed, building it if needed.
 
-    The venv lives in ``cache_dir / "microcosm-pubsub-peer"``. It is rebuilt from scratch
+    The venv lives in ``cache_dir / "microcosm-pubsub-peer-<cache tag>"`` (one per interpreter, so
+    suites on several Pythons can share a cache directory). It is rebuilt from scratch
     when its stamp (a hash of the requirements file and of ``sys.executable``'s version)
     is missing or stale, and reused otherwise. Concurrent callers (e.g. pytest-xdist
     workers) serialize on a lock file in ``cache_dir``.
@@ -103,16 +109,16 @@ def ensure_peer_python(cache_dir: Path) -> Path:
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    venv_dir = cache_dir / VENV_NAME
+    venv_dir = cache_dir / f"{VENV_NAME}-{sys.implementation.cache_tag}"
     stamp = venv_dir / STAMP_NAME
     python = venv_python(venv_dir)
     key = requirements_key(REQUIREMENTS)
 
-    with _locked(cache_dir / f"{VENV_NAME}.lock"):
+    with _locked(cache_dir / f"{venv_dir.name}.lock"):
         if python.exists() and stamp.exists() and stamp.read_text().strip() == key:
             return python
 
-        log_path = cache_dir / f"{VENV_NAME}-install.log"
+        log_path = cache_dir / f"{venv_dir.name}-install.log"
         log_path.write_text("")
         shutil.rmtree(venv_dir, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(venv_dir)], log_path, "create a virtualenv")
@@ -131,7 +137,23 @@ def ensure_peer_python(cache_dir: Path) -> Path:
             "install requirements-peer.txt",
         )
         _run(
-            [str(python), "-c", "import microcosm_pubsub.daemon, microcosm_pubsub.producer"],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-deps",
+                "--no-build-isolation",
+                "-e",
+                str(ROOT),
+            ],
+            log_path,
+            "install microbus beside microcosm-pubsub",
+        )
+        _run(
+            [str(python), "-c", "import microcosm_pubsub.daemon, microcosm_pubsub.producer, microbus"],
             log_path,
             "import microcosm-pubsub",
         )

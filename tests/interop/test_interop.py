@@ -9,13 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus.testing import wait_for
-from schemas import OrderPlaced, PaymentCaptured
 from tests.interop.peer_env import PEER_SCRIPT, ensure_peer_python
 
-pytestmark = pytest.mark.integration
+# The first test builds the peer venv (cached in .cache/): minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
@@ -39,7 +40,7 @@ def run_peer(peer_python, queue, *args, timeout=60):
 
 def microbus_graph(queue):
     graph = create_object_graph("interop", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.use("sns_producer", "sqs_consumer")
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
     return graph
 
 
@@ -67,7 +68,7 @@ def test_microbus_consumes_what_microcosm_pubsub_produces(peer_python, make_queu
     # When microbus consumes them
     graph = microbus_graph(queue)
     received = []
-    wait_for(lambda: received.extend(graph.sqs_consumer.consume()) or len(received) >= 3, timeout_s=20)
+    wait_for(lambda: received.extend(graph.microbus_sqs_consumer.consume()) or len(received) >= 3, timeout_s=20)
     # Then each decodes to the same content, media type and opaque data
     for message in received:
         assert message.error is None
@@ -84,8 +85,8 @@ def test_microcosm_pubsub_consumes_what_microbus_produces(peer_python, make_queu
     # Given microbus publishing messages of two media types
     queue = make_queue(raw=raw)
     graph = microbus_graph(queue)
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"x-request-id": "req-9"})
-    graph.sns_producer.produce_batch(PaymentCaptured.MEDIA_TYPE, [{"order_id": "o-1", "amount_cents": 5}] * 2)
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"x-request-id": "req-9"})
+    graph.microbus_sns_producer.produce_batch(PaymentCaptured.MEDIA_TYPE, [{"order_id": "o-1", "amount_cents": 5}] * 2)
     # When microcosm-pubsub's own consumer and dispatcher handle them
     result = run_peer(peer_python, queue, "consume", "--queue-url", queue.queue_url, "--expect", "3", "--timeout", "30")
     # Then all three were handled (and acked by the peer) with their content and opaque data

@@ -8,13 +8,13 @@ import subprocess
 
 import pytest
 from marshmallow import fields
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import Outcome, PubSubMessageSchema, SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import wait_for
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced, PaymentCaptured
 from tests.interop.test_interop import peer_python, run_peer  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,10 @@ def handle_all(queue, handler, *, count, media_type, schemas=None, producer_queu
     ``producer_queue``: the topic the graph's producer publishes to (for handlers that produce)."""
     config = queue.graph_config()
     if producer_queue is not None:
-        config["sns_topic_arns"] = {"default": producer_queue.topic_arn}
+        config["microbus_sns_topic_arns"] = {"default": producer_queue.topic_arn}
     graph = create_object_graph("interop", testing=True, loader=load_from_dict(config))
-    graph.use("sns_producer", "sqs_consumer")
-    consumer = graph.sqs_consumer
+    graph.use("microbus_sns_producer", "microbus_sqs_consumer")
+    consumer = graph.microbus_sqs_consumer
     if schemas is not None:
         consumer.schema_registry = SchemaRegistry(schemas)
     dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({media_type: handler(graph)}), **options)
@@ -98,7 +98,7 @@ def test_a_microbus_handler_forwards_the_peer_s_context_as_the_peer_would(peer_p
 
     # When a microbus handler produces a message from it
     def relay(graph):
-        return lambda content: graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"])
+        return lambda content: graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id=content["order_id"])
 
     (result,) = handle_all(inbound, relay, count=1, media_type=PaymentCaptured.MEDIA_TYPE, producer_queue=outbound)
     assert result.outcome is Outcome.SUCCEEDED
@@ -116,13 +116,13 @@ def test_the_peer_forwards_microbus_s_cid_and_request_id_to_what_its_handler_pro
     # Given microbus producing from inside a handler (so the message carries its cid) with a request id
     first, second, third = make_queue(), make_queue(), make_queue()
     graph = create_object_graph("interop", testing=True, loader=load_from_dict(first.graph_config()))
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"x-request-id": "req-1"})
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"x-request-id": "req-1"})
     cids = []
 
     def relay(graph):
         def handler(content):
             cids.append(content["opaque_data"].get("x-microbus-cid"))
-            graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
+            graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
 
         return handler
 
@@ -153,7 +153,7 @@ def test_a_ttl_counts_down_across_both_and_both_drop_the_expired_message(peer_py
     peer_produce(peer_python, first, OrderPlaced.MEDIA_TYPE, {"order_id": "o-1"}, {"x-request-ttl": "3"})
 
     def relay(graph):
-        return lambda content: graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
+        return lambda content: graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1")
 
     # When microbus relays it (3 → 2), the peer relays it (2 → 1)
     (result,) = handle_all(first, relay, count=1, media_type=OrderPlaced.MEDIA_TYPE, producer_queue=second)
@@ -174,8 +174,8 @@ def test_a_ttl_counts_down_across_both_and_both_drop_the_expired_message(peer_py
 def test_the_peer_drops_what_microbus_marks_expired(peer_python, make_queue):  # noqa: F811
     queue = make_queue()
     graph = create_object_graph("interop", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"X-Request-TTL": "1"})
-    graph.sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-2")
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-1", opaque_data={"X-Request-TTL": "1"})
+    graph.microbus_sns_producer.produce(OrderPlaced.MEDIA_TYPE, order_id="o-2")
     process, handled, results = peer_consume(peer_python, queue, 1, timeout="15")
     assert process.returncode == 0, process.stderr
     assert [h["content"]["order_id"] for h in handled] == ["o-2"]
@@ -205,8 +205,8 @@ def test_the_peer_decodes_a_wildcard_media_type_but_finds_no_handler_for_it(peer
     # Given microbus producing a concrete media type through its wildcard schema
     queue = make_queue()
     graph = create_object_graph("interop", testing=True, loader=load_from_dict(queue.graph_config()))
-    graph.sns_producer.schema_registry = SchemaRegistry({WILDCARD: Created})
-    graph.sns_producer.produce(CONCRETE, uri="http://orders/1")
+    graph.microbus_sns_producer.schema_registry = SchemaRegistry({WILDCARD: Created})
+    graph.microbus_sns_producer.produce(CONCRETE, uri="http://orders/1")
     # When microcosm-pubsub 3.0.0 consumes it with a handler registered for the wildcard
     process, handled, results = peer_consume(peer_python, queue, 1, "--schema", f"{WILDCARD}=uri:String", timeout="8")
     # Then its schema lookup matches the wildcard, but its handler lookup is exact: IGNORED, and deleted

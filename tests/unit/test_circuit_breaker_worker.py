@@ -7,11 +7,11 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import EventKind, HandlerRegistry, LifecycleEvent, Outcome, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.consume.breaker import CircuitBreaker, CircuitBreakerSettings, CircuitState
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def order(i):

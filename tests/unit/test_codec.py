@@ -6,6 +6,7 @@ import json
 
 import pytest
 from marshmallow import EXCLUDE, RAISE, fields
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
 from microbus import PubSubMessageSchema, schema
 from microbus.consume.message import decode_raw_message
@@ -19,7 +20,6 @@ from microbus.errors import (
 )
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced, PaymentCaptured
 
 
 def codec(cls=OrderPlaced):

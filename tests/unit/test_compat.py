@@ -147,8 +147,8 @@ def test_a_daemon_name_may_be_a_property_and_the_peer_s_defaults_apply():
 
     assert Example.name == "example"
     defaults = Example().defaults
-    assert defaults["sqs_message_dispatcher"] == {"skip_unknown_media_types": True}
-    assert defaults["pubsub_message_schema_registry"] == {"auto_register": True}
+    assert defaults["microbus_sqs_message_dispatcher"] == {"skip_unknown_media_types": True}
+    assert defaults["microbus_pubsub_message_schema_registry"] == {"auto_register": True}
 
 
 def test_a_name_property_that_needs_the_instance_is_one_clear_error():

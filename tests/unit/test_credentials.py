@@ -311,7 +311,7 @@ def test_a_daemon_pointed_at_a_non_aws_server_exits_2_with_one_line(status):
     server, _ = recorder(status=status, content_type="text/html", body=_PAGE)
     with server as url:
         result = _run(
-            [str(BIN / "microbus"), "run", "daemons.orders:OrdersDaemon", "--endpoint-url", url,
+            [str(BIN / "microbus"), "run", "microbus.reference.daemons.orders:OrdersDaemon", "--endpoint-url", url,
              "--sqs-queue-url", f"{url}/123456789012/orders", "--wait-seconds", "1"],
             {},
         )  # fmt: skip
@@ -324,7 +324,7 @@ def test_a_daemon_with_a_region_that_is_not_one_exits_2_with_one_line(region):
     server, seen = recorder()
     with server as url:
         result = _run(
-            [str(BIN / "microbus"), "run", "daemons.orders:OrdersDaemon", "--endpoint-url", url,
+            [str(BIN / "microbus"), "run", "microbus.reference.daemons.orders:OrdersDaemon", "--endpoint-url", url,
              "--sqs-queue-url", f"{url}/123456789012/orders", "--wait-seconds", "1"],
             {"ORDERS__AWS__REGION_NAME": region},
         )  # fmt: skip

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import IgnoreMessage, Nack, Outcome, SkipMessage
 from microbus.consume.consumer import SQSConsumer
@@ -13,7 +14,6 @@ from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher, compute
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import StubQueue
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced
 
 GOOD = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"}
 

@@ -9,12 +9,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from marshmallow import fields
+from microbus.reference.schemas import OrderPlaced
 from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import ConfigurationError, MessageValidationError, PubSubMessageSchema, SNSProducer, TopicArns
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport
-from schemas import OrderPlaced
 
 FIFO = "arn:aws:sns:us-east-1:123456789012:orders.fifo"
 STANDARD = "arn:aws:sns:us-east-1:123456789012:orders"
@@ -269,12 +269,12 @@ def test_the_graph_reads_group_ids_from_sns_producer_config():
         loader=load_from_dict(
             {
                 "aws": {"endpoint_url": "http://127.0.0.1:1", "access_key_id": "x", "secret_access_key": "x"},
-                "sns_topic_arns": {"default": FIFO},
-                "sns_producer": {"group_ids": {OrderPlaced.MEDIA_TYPE: "customer_id"}},
+                "microbus_sns_topic_arns": {"default": FIFO},
+                "microbus_sns_producer": {"group_ids": {OrderPlaced.MEDIA_TYPE: "customer_id"}},
             }
         ),
     )
-    outgoing = graph.sns_producer.create_message(OrderPlaced.MEDIA_TYPE, order_id="o", customer_id="c-9")
+    outgoing = graph.microbus_sns_producer.create_message(OrderPlaced.MEDIA_TYPE, order_id="o", customer_id="c-9")
     assert outgoing.message_group_id == "c-9"
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
@@ -16,7 +17,6 @@ from microbus.consume.message import SQSMessage
 from microbus.consume.supervision import Supervisor
 from microbus.errors import EndpointUnreachableError
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def lease(visible_until: float, held_since: float = 0.0) -> Lease:

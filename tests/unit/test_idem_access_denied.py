@@ -8,12 +8,12 @@ import logging
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SQSMessageDispatcher, Worker
 from microbus.errors import AccessDeniedError, ConfigurationError, FatalError
 from microbus.patterns.idempotency import DynamoDBIdempotencyStore, IdempotencyGuard, MemoryIdempotencyStore
 from microbus.testing import StubQueue
-from schemas import OrderPlaced
 
 
 @pytest.fixture

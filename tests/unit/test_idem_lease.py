@@ -35,7 +35,7 @@ def daemon(handler_timeout: float | None, lease_s: float) -> ConsumerDaemon:
 
     return SlowDaemon(
         testing=True,
-        sqs_consumer={"sqs_queue_url": "http://127.0.0.1:1/123456789012/slow", "wait_seconds": 0},
+        microbus_sqs_consumer={"sqs_queue_url": "http://127.0.0.1:1/123456789012/slow", "wait_seconds": 0},
         aws={
             "endpoint_url": "http://127.0.0.1:1",
             "access_key_id": "test",

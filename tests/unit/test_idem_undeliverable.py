@@ -4,13 +4,13 @@ message that exhausted its retries (EXPIRED) is left to the queue's redrive poli
 from __future__ import annotations
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus.consume.consumer import SQSConsumer
 from microbus.consume.dispatch import Action, Outcome, Result, RetryPolicy, SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import StubQueue
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced
 
 
 def dispatcher(delete_undeliverable: bool) -> SQSMessageDispatcher:

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
@@ -21,7 +22,6 @@ from microbus.patterns.idempotency import (
     decide,
 )
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 ORDER = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"}
 

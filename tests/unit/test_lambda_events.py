@@ -45,7 +45,7 @@ def test_a_failing_graph_factory_fails_the_invocation_and_the_next_one_builds_it
         attempts.append(1)
         if len(attempts) == 1:
             raise RuntimeError("configuration unavailable")
-        only_ping = {"sqs_message_handler_registry": {"media_types": [Ping.MEDIA_TYPE]}}
+        only_ping = {"microbus_sqs_message_handler_registry": {"media_types": [Ping.MEDIA_TYPE]}}
         return create_object_graph("lambda-unit", testing=True, loader=load_from_dict(only_ping))
 
     handler = make_lambda_handler(flaky)
@@ -97,8 +97,8 @@ def test_with_sqs_unreachable_handlers_still_run_and_poison_is_kept_not_deleted(
             "access_key_id": "dummy",
             "secret_access_key": "dummy",
         },
-        "sqs_message_handler_registry": {"media_types": [Ping.MEDIA_TYPE]},
-        "sqs_message_dispatcher": {"delete_undeliverable": True},
+        "microbus_sqs_message_handler_registry": {"media_types": [Ping.MEDIA_TYPE]},
+        "microbus_sqs_message_dispatcher": {"delete_undeliverable": True},
     }
     handler = make_lambda_handler(
         lambda: create_object_graph("lambda-down", testing=True, loader=load_from_dict(config))

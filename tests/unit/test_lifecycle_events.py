@@ -9,11 +9,11 @@ import threading
 from collections import Counter, defaultdict
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import EventKind, HandlerRegistry, Outcome, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.consume.dispatch import RetryPolicy
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 TERMINAL = {EventKind.SETTLED, EventKind.RELEASED, EventKind.DEAD_LETTERED, EventKind.SETTLE_FAILED}
 MESSAGE_KINDS = TERMINAL | {EventKind.RECEIVED, EventKind.STARTED, EventKind.FINISHED}

@@ -9,6 +9,7 @@ import json
 import boto3
 import pytest
 from marshmallow import fields
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
 from microbus import (
     ConfigurationError,
@@ -24,7 +25,6 @@ from microbus.consume.handlers import HandlerRegistry
 from microbus.testing import StubQueue
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport
-from schemas import OrderPlaced, PaymentCaptured
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
 
@@ -261,22 +261,29 @@ def test_forwarded_opaque_data_is_bounded_in_total_and_a_huge_cid_is_not_taken()
 def test_a_malformed_initial_ttl_in_the_configuration_is_one_sentence(value):
     from microcosm.api import create_object_graph, load_from_dict
 
-    config = {"sqs_message_dispatcher": {"initial_ttl": value}, "sqs_message_handler_registry": {"media_types": []}}
+    config = {
+        "microbus_sqs_message_dispatcher": {"initial_ttl": value},
+        "microbus_sqs_message_handler_registry": {"media_types": []},
+    }
     graph = create_object_graph("ttl", testing=True, loader=load_from_dict(config))
     with pytest.raises(ConfigurationError, match="initial_ttl must be a positive integer"):
-        graph.use("sqs_message_dispatcher")
+        graph.use("microbus_sqs_message_dispatcher")
 
 
 def test_the_ttl_configuration_reaches_the_dispatcher():
     from microcosm.api import create_object_graph, load_from_dict
 
     config = {
-        "sqs_message_dispatcher": {"initial_ttl": "5", "dead_letter_expired_ttl": "true"},
-        "sqs_message_handler_registry": {"media_types": []},
+        "microbus_sqs_message_dispatcher": {"initial_ttl": "5", "dead_letter_expired_ttl": "true"},
+        "microbus_sqs_message_handler_registry": {"media_types": []},
     }
-    dispatcher = create_object_graph("ttl", testing=True, loader=load_from_dict(config)).sqs_message_dispatcher
+    dispatcher = create_object_graph("ttl", testing=True, loader=load_from_dict(config)).microbus_sqs_message_dispatcher
     assert (dispatcher.initial_ttl, dispatcher.dead_letter_expired_ttl) == (5, True)
-    off = {"sqs_message_dispatcher": {"enable_ttl": "false"}, "sqs_message_handler_registry": {"media_types": []}}
+    off = {
+        "microbus_sqs_message_dispatcher": {"enable_ttl": "false"},
+        "microbus_sqs_message_handler_registry": {"media_types": []},
+    }
     assert (
-        create_object_graph("ttl", testing=True, loader=load_from_dict(off)).sqs_message_dispatcher.initial_ttl is None
+        create_object_graph("ttl", testing=True, loader=load_from_dict(off)).microbus_sqs_message_dispatcher.initial_ttl
+        is None
     )

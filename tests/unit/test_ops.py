@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.consume.daemon import ConsumerDaemon, daemon_command
@@ -24,7 +25,6 @@ from microbus.ops.metrics import Metrics
 from microbus.ops.server import Health
 from microbus.testing import StubQueue, wait_for
 from microbus.wire import tracecontext
-from schemas import OrderPlaced
 
 
 def order(i, media_type=OrderPlaced.MEDIA_TYPE):

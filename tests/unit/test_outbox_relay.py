@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 from sqlalchemy import Column, MetaData, String, Table, create_engine, insert, select, update
 
 from microbus import SNSProducer, TopicArns
 from microbus.outbox import Outbox, OutboxRelay
 from microbus.web import deferred_publish
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced
 from tests.unit.test_web_deferred import RecordingTransport
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"

@@ -8,11 +8,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from marshmallow import EXCLUDE, fields
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import MessageValidationError, PubSubMessageSchema, SNSProducer, TopicArns
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport
-from schemas import OrderPlaced
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:resources"
 CREATED = "application/vnd.globality.pubsub._.created.order"

@@ -7,13 +7,13 @@ import json
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
 from microbus import MessageTooLargeError, MessageValidationError, PublishError, SNSProducer, TopicArns
 from microbus.errors import TopicNotDefinedError, TransientTransportError
 from microbus.produce.producer import SNS_MAX_BATCH_BYTES, message_size
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SNSTransport
-from schemas import OrderPlaced, PaymentCaptured
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
 PAYMENTS = "arn:aws:sns:us-east-1:123456789012:payments"
@@ -68,7 +68,7 @@ def test_an_oversize_message_fails_before_anything_is_published(sns):
 def test_a_media_type_without_a_topic_is_a_configuration_error(sns):
     client, _ = sns
     bare = SNSProducer(transport=SNSTransport(client=client), schema_registry=SchemaRegistry(), topic_arns=TopicArns())
-    with pytest.raises(TopicNotDefinedError, match="sns_topic_arns"):
+    with pytest.raises(TopicNotDefinedError, match="microbus_sns_topic_arns"):
         bare.produce(OrderPlaced.MEDIA_TYPE, order_id="o")
 
 
@@ -189,10 +189,10 @@ def recording_producer():
 
 def test_a_batch_is_split_so_that_no_publish_batch_is_over_256_kib():
     # Given 10 messages of 40 KiB (410 KiB in all: under 10 messages, over 256 KiB)
-    transport, sns_producer = recording_producer()
+    transport, microbus_sns_producer = recording_producer()
     contents = [{"order_id": str(i) * 40 * 1024} for i in range(10)]
     # When they are produced as a batch
-    ids = sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
+    ids = microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
     # Then they go out in at least two PublishBatch calls, each within SNS's limit, all of them in order
     assert len(transport.batches) >= 2
     assert all(batch_bytes(batch) <= SNS_MAX_BATCH_BYTES for batch in transport.batches)
@@ -202,16 +202,16 @@ def test_a_batch_is_split_so_that_no_publish_batch_is_over_256_kib():
 
 
 def test_a_message_near_the_limit_goes_alone():
-    transport, sns_producer = recording_producer()
-    empty = sns_producer.create_message(OrderPlaced.MEDIA_TYPE, order_id="")
+    transport, microbus_sns_producer = recording_producer()
+    empty = microbus_sns_producer.create_message(OrderPlaced.MEDIA_TYPE, order_id="")
     near = SNS_MAX_BATCH_BYTES - message_size(empty.message, empty.message_attributes) - 100
     contents = [{"order_id": "a"}, {"order_id": "b" * near}, {"order_id": "c"}]
-    sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
+    microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, contents)
     assert [len(batch) for batch in transport.batches] == [1, 1, 1]
     assert all(batch_bytes(batch) <= SNS_MAX_BATCH_BYTES for batch in transport.batches)
 
 
 def test_small_messages_still_go_10_at_a_time():
-    transport, sns_producer = recording_producer()
-    sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": str(i)} for i in range(25)])
+    transport, microbus_sns_producer = recording_producer()
+    microbus_sns_producer.produce_batch(OrderPlaced.MEDIA_TYPE, [{"order_id": str(i)} for i in range(25)])
     assert [len(batch) for batch in transport.batches] == [10, 10, 5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import BatchAcker, Outcome, Worker
 from microbus.consume.dispatch import RetryPolicy, SQSMessageDispatcher
@@ -10,7 +11,6 @@ from microbus.consume.handlers import HandlerRegistry
 from microbus.consume.worker import transport_backoff_s
 from microbus.errors import EndpointUnreachableError, Nack
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 ORDER = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"}
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 
+from microbus.reference.schemas import OrderPlaced
+
 from microbus import Outcome, Worker
 from microbus.consume.dispatch import SQSMessageDispatcher
 from microbus.consume.handlers import HandlerRegistry
 from microbus.errors import EndpointUnreachableError
 from microbus.testing import StubQueue, wait_for
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced
 
 
 class CountingQueue(StubQueue):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from microbus.reference.daemons.orders import TOPOLOGY
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
-from daemons.orders import TOPOLOGY
 from microbus.errors import TopologyError
 from microbus.topology import Daemon, Queue, Subscription, Topic, load_topology, resolve_topology, topology_from_dict
-from schemas import OrderPlaced, PaymentCaptured
 
 ORDER, PAYMENT = OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE
 
@@ -32,7 +32,7 @@ queues:
 tables:
   - name: fanin
 daemons:
-  - class: daemons.orders:OrdersDaemon
+  - class: microbus.reference.daemons.orders:OrdersDaemon
     queue: orders
     sends_to: [callbacks]
     tables: [fanin]
@@ -76,7 +76,7 @@ def test_json_and_yaml_give_the_same_topology(tmp_path):
 
 
 def test_a_reference_names_a_module_attribute_or_a_file(tmp_path):
-    assert resolve_topology("daemons.orders:TOPOLOGY") is TOPOLOGY
+    assert resolve_topology("microbus.reference.daemons.orders:TOPOLOGY") is TOPOLOGY
     assert resolve_topology(str(write(tmp_path, "t.yaml", "topics: [a]"))).topics == (Topic(name="a"),)
 
 
@@ -124,7 +124,7 @@ def test_a_missing_file_or_module_says_so(tmp_path):
     with pytest.raises(TopologyError, match="Cannot load topology 'nowhere:TOPOLOGY'"):
         resolve_topology("nowhere:TOPOLOGY")
     with pytest.raises(TopologyError, match="is a str, not a Topology"):
-        resolve_topology("daemons.orders:__name__")
+        resolve_topology("microbus.reference.daemons.orders:__name__")
 
 
 def test_dicts_load_without_files():

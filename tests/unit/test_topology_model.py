@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from microbus.reference.daemons.orders import TOPOLOGY, OrdersDaemon
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
 
-from daemons.orders import TOPOLOGY, OrdersDaemon
 from microbus.errors import TopologyError
 from microbus.topology import Daemon, Producer, Queue, Subscription, Table, Topic, Topology, handled_media_types
-from schemas import OrderPlaced, PaymentCaptured
 
 ORDER, PAYMENT = OrderPlaced.MEDIA_TYPE, PaymentCaptured.MEDIA_TYPE
 
@@ -113,8 +113,9 @@ def test_lookups_of_unknown_names_list_the_known_ones():
 
 
 def test_the_whole_reference_application_is_one_valid_topology():
-    from daemons import fulfilment
-    from daemons.reference import TOPOLOGY as REFERENCE
+    from microbus.reference.daemons import fulfilment
+    from microbus.reference.daemons.reference import TOPOLOGY as REFERENCE
+
     from microbus.topology import AppliedTopology
 
     assert REFERENCE.validate() == []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from daemons.orders import TOPOLOGY
+from microbus.reference.daemons.orders import TOPOLOGY
+from microbus.reference.schemas import OrderPlaced, PaymentCaptured
+
 from microbus.topology import Daemon, Producer, Queue, Table, Topic, Topology
 from microbus.topology.policy import ArnBuilder, iam_policies, iam_policy
-from schemas import OrderPlaced, PaymentCaptured
 
 ARNS = ArnBuilder(account_id="111122223333", region="eu-west-1")
 

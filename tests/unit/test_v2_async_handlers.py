@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from marshmallow import fields
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import (
     HandlerRegistry,
@@ -18,7 +19,6 @@ from microbus import (
     handles,
 )
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def order(i, media_type=OrderPlaced.MEDIA_TYPE):

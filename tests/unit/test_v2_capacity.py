@@ -8,10 +8,10 @@ import time
 from collections import Counter
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 class SlowDeleteQueue(StubQueue):

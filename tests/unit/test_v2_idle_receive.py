@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue
-from schemas import OrderPlaced
 
 
 class CountingReceives(StubQueue):

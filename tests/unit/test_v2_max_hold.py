@@ -8,12 +8,12 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, Outcome, SchemaRegistry, SQSMessageDispatcher, VisibilityHeartbeat, Worker
 from microbus.consume.lifecycle import Observers, Tracked
 from microbus.consume.supervision import Supervisor
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 class RecordingVisibility(StubQueue):

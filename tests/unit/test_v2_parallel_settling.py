@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 DELETE_S = 0.3
 

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "command",
-    [["microbus-orders-daemon"], ["microbus", "run", "daemons.orders:OrdersDaemon"]],
+    [["microbus-orders-daemon"], ["microbus", "run", "microbus.reference.daemons.orders:OrdersDaemon"]],
     ids=["entry-point", "microbus-run"],
 )
 def test_daemon_commands_offer_a_prefetch_option(command):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def order(i):

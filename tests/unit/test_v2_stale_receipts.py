@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import SchemaRegistry, SQSMessage, TransportError
 from microbus.testing import StubQueue
-from schemas import OrderPlaced
 
 
 def order(i):

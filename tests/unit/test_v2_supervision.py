@@ -7,10 +7,10 @@ import logging
 import threading
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import ConfigurationError, HandlerRegistry, SchemaRegistry, SQSMessageDispatcher, Worker
 from microbus.testing import StubQueue, wait_for
-from schemas import OrderPlaced
 
 
 def order(i):

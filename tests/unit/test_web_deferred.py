@@ -7,12 +7,12 @@ import json
 import threading
 
 import pytest
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import PublishError, SNSProducer, TopicArns
 from microbus.produce.producer import current_capture
 from microbus.web import deferred_publish
 from microbus.wire.schemas import SchemaRegistry
-from schemas import OrderPlaced
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
 

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from botocore.exceptions import ClientError
+from microbus.reference.schemas import OrderPlaced
 
 from microbus import Outcome, Worker
 from microbus.consume.consumer import dead_letter_attributes
@@ -20,7 +21,6 @@ from microbus.testing import StubQueue, wait_for
 from microbus.wire.sanitize import attribute_text, log_repr, log_text, xml_text
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import OutgoingMessage, translate_errors
-from schemas import OrderPlaced
 
 pytestmark = pytest.mark.timeout(60)
 
