@@ -115,23 +115,26 @@ def relay(
         claim_lease_s=claim_lease_s,
         keep_sent_s=keep_sent_s or None,
     )
-    where = engine.url.render_as_string(hide_password=True)
     try:
-        if create_table:
-            table.create_table(engine)
-        if once:
-            click.echo(f"outbox {table_name} at {where}: published {relay_.run_until_idle()}")
-            return
-    except SQLAlchemyError as exc:
-        click.echo(
-            f"microbus: outbox {table_name} at {where}: {type(exc).__name__}: {str(exc).splitlines()[0]}", err=True
-        )
-        sys.exit(2)
+        where = engine.url.render_as_string(hide_password=True)
+        try:
+            if create_table:
+                table.create_table(engine)
+            if once:
+                click.echo(f"outbox {table_name} at {where}: published {relay_.run_until_idle()}")
+                return
+        except SQLAlchemyError as exc:
+            click.echo(
+                f"microbus: outbox {table_name} at {where}: {type(exc).__name__}: {str(exc).splitlines()[0]}", err=True
+            )
+            sys.exit(2)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        relay_.stop(timeout_s=0)
+        def stop(signum: int, frame: FrameType | None) -> None:
+            relay_.stop(timeout_s=0)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    click.echo(f"relaying outbox {table_name} at {where}", err=True)
-    relay_.run()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        click.echo(f"relaying outbox {table_name} at {where}", err=True)
+        relay_.run()
+    finally:
+        engine.dispose()  # its pooled connections closed, also after a usage error

@@ -28,7 +28,8 @@ def db(tmp_path):
     outbox = Outbox(metadata=metadata)
     engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     metadata.create_all(engine)
-    return engine, orders, outbox
+    yield engine, orders, outbox
+    engine.dispose()
 
 
 @pytest.fixture
@@ -257,7 +258,10 @@ def test_on_sqlite_the_application_can_write_while_the_relay_waits_for_sns(db, p
     thread.start()
     assert publishing.wait(5)
     # When the application commits an order and its message meanwhile, then it is not refused as "locked"
-    place((app_engine, orders, outbox), producer, "o-2")
+    try:
+        place((app_engine, orders, outbox), producer, "o-2")
+    finally:
+        app_engine.dispose()
     thread.join()
     assert transport.published == ["o-1"]
     assert relay.run_until_idle() == 1 and transport.published == ["o-1", "o-2"]
