@@ -629,6 +629,11 @@ def _result(message: SQSMessage, outcome: Outcome, **kwargs: Any) -> Result:
     return Result(outcome, message.media_type, message.message_id, message.approximate_receive_count, **kwargs)
 
 
+def runtime_error(message: SQSMessage, error: BaseException) -> Result:
+    """The outcome of a message whose handling failed outside its handler (a bug, a shutdown): retried."""
+    return _result(message, Outcome.FAILED, reason="runtime-error", error=error)
+
+
 def _queue_url(message: SQSMessage) -> str | None:
     url = getattr(message.consumer, "queue_url", None)
     return url if isinstance(url, str) else None

@@ -23,7 +23,7 @@ from types import FrameType
 
 from microbus.consume.breaker import CircuitBreaker, CircuitState, ReceivePermit
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.dispatch import Action, Outcome, Result, SQSMessageDispatcher, log_result
+from microbus.consume.dispatch import Action, Outcome, Result, SQSMessageDispatcher, log_result, runtime_error
 from microbus.consume.heartbeat import SQS_MAX_HOLD_S, VisibilityHeartbeat
 from microbus.consume.lifecycle import (
     EventKind,
@@ -550,7 +550,7 @@ class Worker:
             self.observers.emit(tracked.event(EventKind.STARTED, self.consumer.queue_url))
             if self.dispatcher.is_async(tracked.message):
                 if not self._call_soon(self._start_task, tracked):
-                    self._finished(tracked, _runtime_error(tracked.message, RuntimeError("event loop closed")))
+                    self._finished(tracked, runtime_error(tracked.message, RuntimeError("event loop closed")))
             else:
                 self._work.put(tracked)
 
@@ -570,7 +570,7 @@ class Worker:
                 continue
             except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
                 logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
-                result = _runtime_error(tracked.message, exc)
+                result = runtime_error(tracked.message, exc)
             try:
                 self._finished(tracked, result)
             except Exception:  # a bug in settling or an observer: log it, keep the thread
@@ -583,7 +583,7 @@ class Worker:
             self._fatal(tracked, exc)
             return
         except BaseException as exc:  # noqa: B036 - cancelled at shutdown, or a bug: the message is retried
-            result = _runtime_error(tracked.message, exc)
+            result = runtime_error(tracked.message, exc)
         self._finished(tracked, result)
 
     def _fatal(self, tracked: Tracked, error: FatalError) -> None:
@@ -591,7 +591,7 @@ class Worker:
         logger.error("%s: stopping (message %r returned to the queue)", error, tracked.message.message_id)
         if self.fatal_error is None:
             self.fatal_error = error
-        result = _runtime_error(tracked.message, error)
+        result = runtime_error(tracked.message, error)
         result.reason = "fatal-error"
         self.observers.emit(
             tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
@@ -671,17 +671,6 @@ class Worker:
 def queue_name(queue_url: str) -> str:
     """A queue's name: the last path segment of its URL."""
     return queue_url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _runtime_error(message: SQSMessage, error: BaseException) -> Result:
-    return Result(
-        Outcome.FAILED,
-        message.media_type,
-        message.message_id,
-        message.approximate_receive_count,
-        reason="runtime-error",
-        error=error,
-    )
 
 
 def install_signal_handlers(workers: Iterable[Worker]) -> None:

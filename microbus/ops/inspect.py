@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from microbus.consume.worker import queue_name as queue_name  # re-exported: the name of a queue, from its URL
 from microbus.errors import DecodeError, MalformedBodyError, QueueNotFoundError, TopicNotFoundError
 from microbus.wire.envelope import unwrap_envelope
 from microbus.wire.sanitize import log_repr
@@ -49,11 +50,6 @@ def queue_url(sqs: Any, queue: str) -> str:
         return queue
     with translate_errors(f"SQS queue {log_repr(queue, 100)}"):
         return str(sqs.get_queue_url(QueueName=queue)["QueueUrl"])
-
-
-def queue_name(url: str) -> str:
-    """The name of a queue, from its URL."""
-    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def list_queue_urls(sqs: Any, prefix: str | None = None) -> list[str]:

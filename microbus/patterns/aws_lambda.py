@@ -22,7 +22,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.dispatch import Action, Outcome, Result
+from microbus.consume.dispatch import Action, Result, runtime_error
 from microbus.consume.message import SQSMessage, decode_raw_message
 from microbus.errors import FatalError, LambdaBatchFailedError, LambdaEventError, TransportError
 from microbus.wire.sanitize import log_repr
@@ -258,14 +258,7 @@ class LambdaHandler:
             raise
         except Exception as exc:  # the dispatcher never raises for handlers: a bug, the message is retried
             logger.exception("Unexpected error handling message %s; it will be retried", log_repr(message.message_id))
-            return Result(
-                Outcome.FAILED,
-                message.media_type,
-                message.message_id,
-                message.approximate_receive_count,
-                reason="runtime-error",
-                error=exc,
-            )
+            return runtime_error(message, exc)
 
     def _settle(
         self, dispatcher: SQSMessageDispatcher, result: Result, message: SQSMessage, queue: _Queue
