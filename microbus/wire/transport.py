@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class AWSSettings:
         )
         try:
             core = botocore.session.Session(profile=self.profile_name)
+            loader = _share_loader(core)
             keys: dict[str, str] = {}
             if self.access_key_id is not None or self.secret_access_key is not None:
                 keys = {
@@ -123,6 +125,7 @@ class AWSSettings:
                 if core.get_credentials() is None:
                     keys = {"aws_access_key_id": EMULATOR_KEY_ID, "aws_secret_access_key": EMULATOR_SECRET}
             session = boto3.session.Session(botocore_session=core, region_name=region, **keys)
+            _drop_repeated_paths(loader)
             client = session.client(service, endpoint_url=self.endpoint_url, config=config)  # type: ignore[call-overload]
             if not keys and core.get_credentials() is None:
                 client.meta.events.register("before-call", functools.partial(_no_credentials, self.endpoint_url))
@@ -166,10 +169,32 @@ def is_loopback_endpoint(endpoint_url: str | None) -> bool:
     return address.is_loopback
 
 
+_LOADERS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _shared_loader(data_path: str | None) -> botocore.loaders.Loader:
+    """One botocore data loader per data path for the whole process: its cache keeps the service models and
+    endpoint rules it parsed, which a new botocore session would parse again (~0.1 s of CPU per client)."""
+    return botocore.loaders.create_loader(data_path)
+
+
+def _share_loader(core: botocore.session.Session) -> botocore.loaders.Loader:
+    loader = _shared_loader(core.get_config_variable("data_path"))
+    core.register_component("data_loader", loader)
+    return loader
+
+
+def _drop_repeated_paths(loader: botocore.loaders.Loader) -> None:
+    """boto3 appends its data folder to the loader's search paths for every session: keep each path once."""
+    with _LOADERS_LOCK:
+        loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))
+
+
 @functools.cache
 def _region_patterns() -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
     """The regions botocore knows, and each partition's pattern (regions newer than botocore match those)."""
-    partitions = botocore.loaders.create_loader().load_data("partitions").get("partitions", [])
+    partitions = _shared_loader(None).load_data("partitions").get("partitions", [])
     known = frozenset(region for partition in partitions for region in partition.get("regions", {}))
     return known, tuple(re.compile(p["regionRegex"]) for p in partitions if p.get("regionRegex"))
 
