@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -9,7 +10,8 @@ import pytest
 from microbus.reference.schemas import OrderPlaced
 
 from microbus import HandlerRegistry, SQSMessageDispatcher
-from microbus.consume.dispatch import RECORD_FIELDS, log_result
+from microbus.consume.dispatch import RECORD_FIELDS, log_result, runtime_error
+from microbus.consume.lifecycle import EventKind, LifecycleEvent, Tracked
 from microbus.consume.message import SQSMessage
 from microbus.testing import StubQueue
 from microbus.wire import tracecontext
@@ -150,3 +152,29 @@ def test_a_tracer_provider_set_after_the_first_messages_is_picked_up_and_then_no
         assert len(exporter.get_finished_spans()) == 2
     finally:
         provider.shutdown()
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_a_message_s_event_is_the_same_immutable_event_as_one_built_by_its_constructor(kind):
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    tracked = Tracked(message)
+    result = runtime_error(message, RuntimeError("x"))
+    event = tracked.event(kind, "stub://queue", outcome=result.outcome, result=result, detail="why")
+    expected = LifecycleEvent(
+        kind=kind,
+        queue_url="stub://queue",
+        at=event.at,
+        elapsed_s=event.at - tracked.received_at,
+        message_id=message.message_id,
+        media_type=OrderPlaced.MEDIA_TYPE,
+        receive_count=1,
+        outcome=result.outcome,
+        result=result,
+        detail="why",
+        message=message,
+    )
+    assert event == expected
+    names = [f.name for f in dataclasses.fields(LifecycleEvent)]
+    assert [getattr(event, name) for name in names] == [getattr(expected, name) for name in names]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.detail = "changed"  # type: ignore[misc]
