@@ -105,7 +105,7 @@ class SQSMessage:
 
     def idempotency_key_in(self, opaque_data: OpaqueData) -> str:
         """:attr:`idempotency_key`, from this message's ``opaque_data`` already at hand."""
-        stamped = opaque_data.get(MESSAGE_ID_KEY)
+        stamped = dict.get(opaque_data, MESSAGE_ID_KEY)  # a lower-case key: folding it would change nothing
         if isinstance(stamped, str) and stamped:
             return stamped
         return self.sns_message_id or self.message_id
