@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from microcosm.api import defaults
 
+from microbus.consume.deferral import MAX_DELAY_S
 from microbus.consume.message import SQSMessage, decode_raw_message
 from microbus.errors import ConfigurationError, TransportError
 from microbus.wire.payloads import S3PayloadStore
@@ -197,6 +198,41 @@ class SQSConsumer:
             deduplication_id=message.message_id if fifo else None,
         )
 
+    def resend_copy(self, message: SQSMessage, delay_s: int) -> OutgoingMessage:
+        """A fresh copy of a deferred message for this queue: the same body (SNS envelope, S3 pointer and due time
+        unchanged) and message attributes, delayed by ``delay_s`` (≤ 900; not on a FIFO queue, where the copy
+        joins the end of its group, deduplicated by the original's id). See :mod:`microbus.consume.deferral`."""
+        fifo = self.queue_url.endswith(".fifo")
+        return OutgoingMessage(
+            key=message.receipt_handle,
+            body=message.body,
+            attributes=_resendable(message.message_attributes),
+            group_id=(message.message_group_id or "microbus-deferred") if fifo else None,
+            deduplication_id=f"deferred-{message.message_id}"[:128] if fifo else None,
+            delay_seconds=None if fifo else max(0, min(MAX_DELAY_S, delay_s)),
+        )
+
+    def resend(self, message: SQSMessage, delay_s: int) -> bool:
+        """Send a fresh copy of a deferred message (:meth:`resend_copy`), then delete the original.
+
+        Returns False when the copy was sent but the original could not be deleted (it reappears and is re-sent
+        again: a duplicate, which its idempotency key identifies). The offloaded payload is never deleted here:
+        the copy points to it.
+
+        Raises:
+            TransportError: the copy could not be sent; the original is then not deleted.
+        """
+        copy = self.resend_copy(message, delay_s)
+        failure = self.transport.send_entries([copy]).get(copy.key)
+        if failure is not None:
+            raise TransportError(f"Could not re-send deferred message {message.message_id!r}: {failure.code}")
+        try:
+            self._delete(message)
+        except TransportError as exc:
+            logger.warning("Deferred message %r re-sent, but the original was not deleted: %s", message.message_id, exc)
+            return False
+        return True
+
     def dead_letter(self, message: SQSMessage, *, reason: str, error: BaseException | None, source: str) -> bool:
         """Send a copy of the message, with the reason attached, to the DLQ, then delete the original.
 
@@ -219,6 +255,18 @@ class SQSConsumer:
             logger.warning("Dead-letter copy of %r sent, but the original was not deleted: %s", message.message_id, exc)
             return False
         return True
+
+
+def _resendable(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Received message attributes as SendMessage takes them: the data type and its one value."""
+    out: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if not isinstance(value, dict) or not isinstance(value.get("DataType"), str):
+            continue
+        kept = {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}
+        if len(kept) > 1:
+            out[name] = kept
+    return out
 
 
 def dead_letter_attributes(

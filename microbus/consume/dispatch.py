@@ -10,7 +10,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from microcosm.api import defaults
 
+from microbus.consume.deferral import MAX_VISIBILITY_S, plan_deferral
 from microbus.consume.handlers import Handler, HandlerRegistry
 from microbus.consume.message import SQSMessage
 from microbus.errors import (
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_VISIBILITY_S = 43_200
 TTL_EXPIRED = "ttl-expired"
 """The reason of a message whose ``x-request-ttl`` ran out: its handler never ran."""
 
@@ -73,7 +72,7 @@ class Outcome(Enum):
     IGNORED = ("IGNORED", logging.DEBUG, Action.ACK)
     RETRIED = ("RETRIED", logging.INFO, Action.RETRY)
     DEFERRED = ("DEFERRED", logging.DEBUG, Action.RETRY)
-    """Not due yet (``deliver_at``): hidden again until it is, its handler not run."""
+    """Not due yet (``deliver_at``): hidden, or re-sent (``Result.resend``), until it is; its handler not run."""
     FAILED = ("FAILED", logging.WARNING, Action.RETRY)
     EXPIRED = ("EXPIRED", logging.WARNING, Action.DEAD_LETTER)
     REJECTED = ("REJECTED", logging.WARNING, Action.DEAD_LETTER)
@@ -98,6 +97,9 @@ class Result:
     error: BaseException | None = None
     response: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    resend: bool = False
+    """DEFERRED: send a copy delayed by ``retry_after_s`` and delete this one, instead of hiding it (the copy's
+    receive count starts again; see :mod:`microbus.consume.deferral`)."""
 
     def __repr__(self) -> str:
         """Ids, outcome and bounded wire values; never the handler's response or extra (they may hold content)."""
@@ -264,7 +266,7 @@ class SQSMessageDispatcher:
 
     def _handle(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
-        early = self._not_due(message)
+        early = self._not_due(message, max_attempts)
         if early is not None:
             return early
         with consumer_span(message, queue_url=_queue_url(message), daemon=self.source) as span:
@@ -286,7 +288,7 @@ class SQSMessageDispatcher:
 
     async def _handle_async(self, message: SQSMessage, max_attempts: int | None) -> Result:
         started = time.monotonic()
-        early = self._not_due(message)
+        early = self._not_due(message, max_attempts)
         if early is not None:
             return early
         for middleware in self.middleware:
@@ -327,9 +329,10 @@ class SQSMessageDispatcher:
             )
         return context
 
-    def _not_due(self, message: SQSMessage) -> Result | None:
-        """A message that is not due yet is DEFERRED: visible again when due, or in 12 h (SQS's limit), whichever
-        is first; no middleware and no handler run. A malformed due time is REJECTED. None: handle it now."""
+    def _not_due(self, message: SQSMessage, max_attempts: int | None) -> Result | None:
+        """A message that is not due yet is DEFERRED: hidden for up to 12 h (SQS's limit) or re-sent so that its
+        receive count starts again (:func:`~microbus.consume.deferral.plan_deferral`, against the queue's
+        ``max_attempts``); no middleware and no handler run. A malformed due time is REJECTED. None: handle it now."""
         due_text = message.opaque_data.get(DELIVER_AT_KEY) if message.error is None else None
         if due_text is None:
             return None
@@ -339,8 +342,13 @@ class SQSMessageDispatcher:
             return _result(message, Outcome.REJECTED, reason=exc.reason, error=exc)
         if remaining <= 0:
             return None
-        hold = min(MAX_VISIBILITY_S, math.ceil(remaining))
-        return _result(message, Outcome.DEFERRED, retry_after_s=hold, reason=f"due in {remaining:.0f}s")
+        limit = max_attempts or self.retry_policy.max_attempts or self.retry_policy.default_max_attempts
+        fifo = message.message_group_id is not None
+        plan = plan_deferral(
+            remaining_s=remaining, receive_count=message.approximate_receive_count, receive_limit=limit, fifo=fifo
+        )
+        reason = f"due in {remaining:.0f}s"
+        return _result(message, Outcome.DEFERRED, retry_after_s=plan.seconds, reason=reason, resend=plan.resend)
 
     def _finish(
         self, message: SQSMessage, result: Result, started: float, max_attempts: int | None, *, sync: bool
@@ -480,6 +488,8 @@ class SQSMessageDispatcher:
                 action, delay = self.without_dead_letter_queue(result, message)
             if action is Action.ACK:
                 ack(message)
+            elif result.resend:
+                consumer.resend(message, delay)
             elif action is Action.RETRY:
                 consumer.nack(message, delay)
             elif not consumer.dead_letter(

@@ -46,6 +46,9 @@ class EventKind(Enum):
     """Deleted, or its retry visibility set, as SQS confirmed; no longer held."""
     RELEASED = "released"
     """Returned to the queue unstarted (visibility 0); no longer held."""
+    RESENT = "re-sent"
+    """Not due yet: a fresh copy was sent to the queue and the original deleted (its receive count starts
+    again); not handled. No longer held."""
     DEAD_LETTERED = "dead-lettered"
     """Its copy is in the dead-letter queue and the original was deleted; no longer held."""
     SETTLE_FAILED = "settle-failed"

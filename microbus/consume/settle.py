@@ -41,6 +41,11 @@ class Step(Enum):
     DELETE = "delete"
     VISIBILITY = "change visibility"
     SEND = "dead-letter send"
+    RESEND = "re-send"
+
+
+_SENDS = (Step.SEND, Step.RESEND)
+"""The steps that send a copy (then the original is deleted)."""
 
 
 @dataclass(eq=False)
@@ -56,9 +61,7 @@ class _Entry:
 
     @property
     def key(self) -> str:
-        return (
-            self.copy.key if self.step is Step.SEND and self.copy is not None else self.tracked.message.receipt_handle
-        )
+        return self.copy.key if self.step in _SENDS and self.copy is not None else self.tracked.message.receipt_handle
 
 
 class Settler:
@@ -126,6 +129,10 @@ class Settler:
         if self.dead_letters is None:
             raise RuntimeError("No dead-letter queue to send to")
         self._add(_Entry(tracked, Step.SEND, EventKind.DEAD_LETTERED, copy=copy))
+
+    def resend(self, tracked: Tracked, copy: OutgoingMessage) -> None:
+        """Send ``copy`` (a deferred message's fresh copy) to the consumed queue, then delete the original."""
+        self._add(_Entry(tracked, Step.RESEND, EventKind.RESENT, copy=copy))
 
     def close(self, timeout_s: float) -> int:
         """Flush everything pending (retries keep their backoff) and wait at most ``timeout_s``; give up on the rest.
@@ -205,7 +212,7 @@ class Settler:
             if len(batch) >= MAX_BATCH:
                 keep.append(entry)
                 continue
-            if step is Step.SEND:
+            if step in _SENDS:
                 assert entry.copy is not None
                 if batch and size + entry.copy.size > MAX_BATCH_BYTES:
                     keep.append(entry)
@@ -263,8 +270,9 @@ class Settler:
             return self.transport.delete_entries([entry.key for entry in batch])
         if step is Step.VISIBILITY:
             return self.transport.change_visibility_entries([(entry.key, entry.seconds) for entry in batch])
-        assert self.dead_letters is not None
-        return self.dead_letters.send_entries([entry.copy for entry in batch if entry.copy is not None])
+        target = self.transport if step is Step.RESEND else self.dead_letters
+        assert target is not None
+        return target.send_entries([entry.copy for entry in batch if entry.copy is not None])
 
     def _resend_trimmed(self, entry: _Entry, failure: EntryFailure) -> None:
         """SQS refused the dead-letter copy itself (e.g. body and reason attributes over the size limit): send it
@@ -281,7 +289,7 @@ class Settler:
             self._cond.notify_all()
 
     def _succeeded(self, entry: _Entry) -> None:
-        if entry.step is Step.SEND:  # the copy is safe: now delete the original
+        if entry.step in _SENDS:  # the copy is safe: now delete the original
             with self._cond:
                 entry.step, entry.attempts, entry.queued_at = Step.DELETE, 0, time.monotonic()
                 self._pending[Step.DELETE].append(entry)
@@ -303,7 +311,8 @@ class Settler:
 
     def _finish(self, entry: _Entry, kind: EventKind, detail: str | None) -> None:
         if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
-            detail = f"dead-letter copy sent, original not deleted ({detail})"
+            sent = "re-sent copy" if entry.ends_as is EventKind.RESENT else "dead-letter copy"
+            detail = f"{sent} sent, original not deleted: a duplicate ({detail})"
         with self._cond:
             if entry not in self._live:  # already given up on at the shutdown deadline
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import queue
 import signal
 import threading
@@ -42,6 +43,8 @@ from microbus.wire.transport import MAX_BATCH
 
 logger = logging.getLogger(__name__)
 
+_HOLD_MARGIN_S = 5
+"""Seconds kept off SQS's 12 h visibility limit (counted from the receive), for the clocks' differences."""
 _IDLE_PAUSE_S = 0.2
 """Pause after an empty receive that returned at once (``wait_seconds`` 0), so an idle worker does not spin."""
 
@@ -70,6 +73,8 @@ class Stats:
     received: int = 0
     released: int = 0
     settled: int = 0
+    resent: int = 0
+    """Deferred messages re-sent as fresh copies (settled too; not handled)."""
     settle_failed: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: {outcome.label: 0 for outcome in Outcome})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -89,6 +94,9 @@ class Stats:
                 self.settled += 1
             elif kind is EventKind.RELEASED:
                 self.released += 1
+            elif kind is EventKind.RESENT:
+                self.settled += 1
+                self.resent += 1
             elif kind is EventKind.SETTLE_FAILED:
                 self.settle_failed += 1
 
@@ -635,8 +643,14 @@ class Worker:
         if action is Action.ACK:
             self._settler.delete(tracked)
             return
+        if result.resend:
+            self._settler.resend(tracked, self.consumer.resend_copy(message, result.retry_after_s or 0))
+            return
         if result.retry_after_s is None:  # a runtime error, not a handler outcome: the backoff all the same
             result.retry_after_s = self.dispatcher.retry_policy.backoff(message.approximate_receive_count)
+        # SQS counts a visibility timeout from the receive: at most 12 h from then, less the time held so far
+        held_s = math.ceil(time.monotonic() - tracked.received_at) + _HOLD_MARGIN_S
+        result.retry_after_s = max(0, min(result.retry_after_s, SQS_MAX_HOLD_S - held_s))
         self._settler.change_visibility(tracked, result.retry_after_s)
 
     def _release(self, tracked: Tracked) -> None:

@@ -11,6 +11,7 @@ Names and labels (the dashboard reads them):
 - ``microbus_messages_in_flight{daemon,queue}``: received and not yet settled (waiting, running or settling)
 - ``microbus_messages_waiting{daemon,queue}``: received, handler not started yet
 - ``microbus_settle_failures_total{daemon,queue}``
+- ``microbus_messages_resent_total{daemon,queue}``: deferred messages re-sent as fresh copies (``deliver_at``)
 - ``microbus_activity_restarts_total{daemon,queue,activity}``: a background activity went down (and is restarted)
 - ``microbus_circuit_open{daemon,queue}``: 1 while the circuit breaker holds receiving back (open or half-open)
 - ``microbus_circuit_opened_total{daemon,queue}``: times the circuit breaker opened
@@ -37,7 +38,7 @@ _HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _COMPLETED = (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.IGNORED)
 _NO_HANDLER_RUN = (Outcome.REJECTED, Outcome.DEFERRED)
-_ENDED = (EventKind.SETTLED, EventKind.RELEASED, EventKind.DEAD_LETTERED, EventKind.SETTLE_FAILED)
+_ENDED = (EventKind.SETTLED, EventKind.RELEASED, EventKind.DEAD_LETTERED, EventKind.RESENT, EventKind.SETTLE_FAILED)
 
 
 def _prometheus() -> Any:
@@ -94,6 +95,9 @@ class Metrics:
         self.settle_failures = prometheus.Counter(
             "microbus_settle_failures", "Settling given up on (the message reappears).", queue, registry=self.registry
         )
+        self.resent = prometheus.Counter(
+            "microbus_messages_resent", "Deferred messages re-sent as fresh copies.", queue, registry=self.registry
+        )
         self.circuit_open = prometheus.Gauge(
             "microbus_circuit_open", "1 while the circuit breaker holds receiving back.", queue, registry=self.registry
         )
@@ -128,6 +132,7 @@ class MetricsObserver:
         self._in_flight = metrics.in_flight.labels(*self.labels)
         self._waiting_gauge = metrics.waiting.labels(*self.labels)
         self._settle_failures = metrics.settle_failures.labels(*self.labels)
+        self._resent = metrics.resent.labels(*self.labels)
         self._circuit_open = metrics.circuit_open.labels(*self.labels)
         self._circuit_opened = metrics.circuit_opened.labels(*self.labels)
         self._in_flight.set(0)
@@ -154,6 +159,8 @@ class MetricsObserver:
             self._waited(key, add=False)
             if event.kind is EventKind.SETTLE_FAILED:
                 self._settle_failures.inc()
+            elif event.kind is EventKind.RESENT:
+                self._resent.inc()
         elif event.kind is EventKind.ACTIVITY_DOWN:
             self.metrics.activity_restarts.labels(*self.labels, event.activity or UNKNOWN).inc()
         elif event.kind is EventKind.CIRCUIT_OPENED:

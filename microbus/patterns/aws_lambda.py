@@ -119,7 +119,9 @@ class LambdaHandler:
     (``context.get_remaining_time_in_millis()``) covers ``reserve_ms`` plus the expected time of its handler:
     ``handler_timeout_s`` when given, else the longest this container has seen for its media type. The
     records left unstarted are reported as failures and returned to the queue at once (visibility 0); a
-    failed one gets the backoff (ChangeMessageVisibility), as in the daemon. On a FIFO queue a failure in a
+    failed one gets the backoff (ChangeMessageVisibility), as in the daemon. A message not due yet is hidden
+    (reported as failed, with its visibility) or re-sent as a fresh copy and deleted (not reported), as the
+    daemon decides (:mod:`microbus.consume.deferral`). On a FIFO queue a failure in a
     group reports the group's later records as failures too, unstarted.
 
     Parameters:
@@ -275,9 +277,26 @@ class LambdaHandler:
                 action, delay = dispatcher.without_dead_letter_queue(result, message)
             else:  # the queue's settings could not be read: keep the message
                 action, delay = Action.RETRY, None
-        if action is Action.ACK:
+        if action is Action.ACK or (result.resend and self._resend(message, delay or 0, queue)):
             return None
+        if result.resend:  # the copy could not be sent: the original comes back after the backoff
+            delay = None
         return delay if delay is not None else dispatcher.retry_policy.backoff(message.approximate_receive_count)
+
+    @staticmethod
+    def _resend(message: SQSMessage, delay_s: int, queue: _Queue) -> bool:
+        """A deferred message: send its fresh copy and delete it (as the daemon does); True once SQS took the copy.
+        When the copy could not be sent the record is kept (reported as failed) and comes back."""
+        if queue.consumer is None:
+            return False
+        try:
+            queue.consumer.resend(message, delay_s)
+        except TransportError as exc:
+            logger.warning(
+                "Could not re-send deferred message %s (%s); it will reappear", log_repr(message.message_id), exc
+            )
+            return False
+        return True
 
     @staticmethod
     def _dead_letter(

@@ -331,19 +331,24 @@ class OutgoingMessage:
     attributes: dict[str, Any] = field(default_factory=dict)
     group_id: str | None = None
     deduplication_id: str | None = None
+    delay_seconds: int | None = None
+    """SQS's per-message ``DelaySeconds`` (0..900; standard queues only)."""
 
     def __repr__(self) -> str:
         """Sizes and attribute names only: the key may be a receipt handle, the body and attributes content."""
         return (
             f"OutgoingMessage(body={len(self.body)} chars, attributes={sorted(self.attributes)}, "
-            f"group_id={self.group_id is not None}, deduplication_id={self.deduplication_id is not None})"
+            f"group_id={self.group_id is not None}, deduplication_id={self.deduplication_id is not None}, "
+            f"delay_seconds={self.delay_seconds})"
         )
 
     def trimmed(self, keep: tuple[str, ...] = ("microbus.reason", "microbus.source_message_id")) -> OutgoingMessage:
         """The same message with only the ``keep`` attributes (for a copy SQS refused as too large)."""
         attributes = {name: value for name, value in self.attributes.items() if name in keep}
         attributes["microbus.trimmed"] = {"DataType": "String", "StringValue": "attributes dropped: over a limit"}
-        return OutgoingMessage(self.key, self.body, attributes, self.group_id, self.deduplication_id)
+        return OutgoingMessage(
+            self.key, self.body, attributes, self.group_id, self.deduplication_id, self.delay_seconds
+        )
 
     @property
     def size(self) -> int:
@@ -448,6 +453,8 @@ class SQSTransport:
                 entry["MessageGroupId"] = message.group_id
             if message.deduplication_id is not None:
                 entry["MessageDeduplicationId"] = message.deduplication_id
+            if message.delay_seconds is not None:
+                entry["DelaySeconds"] = message.delay_seconds
             entries.append(entry)
         with translate_errors(self._what):
             response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)

@@ -350,4 +350,29 @@ def test_a_message_not_yet_due_is_hidden_until_due_and_its_handler_not_run(micro
     assert CALLS == []
     assert failures(response) == [raws[0]["MessageId"]]
     assert [c["ReceiptHandle"] for c in changes] == [raws[0]["ReceiptHandle"]]
-    assert 3590 <= changes[0]["VisibilityTimeout"] <= 3600
+    # (its last 15 minutes are a re-sent copy's DelaySeconds: see the next test)
+    assert 2690 <= changes[0]["VisibilityTimeout"] <= 2700
+
+
+def test_a_message_due_within_15_minutes_is_re_sent_as_a_fresh_copy_and_not_reported(make_queue):
+    # Given a message produced for 2 s from now, received once and made visible again (its receive count is 2)
+    queue = make_queue(raw=True)
+    handler = make_lambda_handler(graph_factory(queue))
+    producer = create_object_graph("lambda-producer", testing=True, loader=load_from_dict(queue.graph_config()))
+    producer.microbus_sns_producer.produce(Job.MEDIA_TYPE, dict(action="ok", key="soon"), delay=timedelta(seconds=2))
+    first = receive(queue, 1)
+    queue.sqs.change_message_visibility(
+        QueueUrl=queue.queue_url, ReceiptHandle=first[0]["ReceiptHandle"], VisibilityTimeout=0
+    )
+    raws = receive(queue, 1)
+    assert raws[0]["Attributes"]["ApproximateReceiveCount"] == "2"
+    # When Lambda invokes the handler before it is due
+    response = handler(event_of(queue, raws), LambdaContext())
+    # Then the handler did not run and nothing is reported: the original is gone, a fresh copy is on its way
+    assert CALLS == [] and failures(response) == []
+    (copy,) = receive(queue, 1)
+    assert copy["MessageId"] != raws[0]["MessageId"] and copy["Body"] == raws[0]["Body"]
+    assert copy["Attributes"]["ApproximateReceiveCount"] == "1"
+    # And once due, the copy is handled as its first attempt
+    response = handler(event_of(queue, [copy]), LambdaContext())
+    assert CALLS == ["soon"] and failures(response) == []
