@@ -79,7 +79,7 @@ class _PlainLoader:
     @classmethod
     def of(cls, schema: Schema) -> _PlainLoader | None:
         """The loader of ``schema``, or None when it is not plain."""
-        overridden = any(getattr(type(schema), name) is not getattr(Schema, name) for name in _LOAD_METHODS)
+        overridden = any(getattr(type(schema), name, None) is not getattr(Schema, name, None) for name in _LOAD_METHODS)
         if overridden or schema.many or schema.partial or schema.dict_class is not dict or any(schema._hooks.values()):
             return None
         plan: list[tuple[str, str, type, bool, bool]] = []
