@@ -313,7 +313,7 @@ class SQSMessageDispatcher:
     def context_of(self, message: SQSMessage) -> MessageContext:
         """The context the message passes on: its cid (the inbound ``x-microbus-cid``, else its most stable id),
         its opaqueData and its decremented TTL. A malformed TTL is logged and counts as none."""
-        opaque = message.opaque_data
+        opaque = message.folded_opaque_data()  # read only: build_context copies what it passes on
         context = build_context(opaque, fallback_cid=message.idempotency_key_in(opaque), initial_ttl=self.initial_ttl)
         if context.malformed_ttl is not None:
             logger.warning(
@@ -550,32 +550,46 @@ def log_result(
     level = result.outcome.level
     if not logger.isEnabledFor(level):
         return
+    media_type = log_text(result.media_type) if result.media_type is not None else None
+    sns_message_id = cid = body = None
+    if message is not None:
+        sns_message_id = _bounded(message.sns_message_id)
+        cid = log_text(message.cid, _ID_LIMIT)
+        if with_body:
+            body = log_text(message.body, _BODY_LIMIT)
+    reason = log_text(result.reason) if result.reason else None
+    error = f"{type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else None
     fields: dict[str, Any] = {
         "daemon": daemon,
         "queue": queue,
-        "media_type": log_text(result.media_type) if result.media_type is not None else None,
+        "media_type": media_type,
         "message_id": result.message_id,
-        "sns_message_id": _bounded(message.sns_message_id) if message is not None else None,
-        "cid": _bounded(message.cid) if message is not None else None,
+        "sns_message_id": sns_message_id,
+        "cid": cid,
         "attempt": result.receive_count,
         "outcome": result.outcome.label,
         "elapsed_s": round(result.elapsed_s, 6),
-        "reason": log_text(result.reason) if result.reason else None,
-        "error": f"{type(result.error).__name__}: {log_text(result.error, _ERROR_LIMIT)}" if result.error else None,
-        "body": log_text(message.body, _BODY_LIMIT) if with_body and message is not None else None,
+        "reason": reason,
+        "error": error,
+        "body": body,
     }
-    where = "".join(f" {key}={fields[key]}" for key in ("daemon", "queue") if fields[key])
-    ids = "".join(f" {key}={fields[key]!r}" for key in ("sns_message_id", "cid") if fields[key])
+    tail = f" daemon={daemon}" if daemon else ""
+    if queue:
+        tail += f" queue={queue}"
+    if sns_message_id:
+        tail += f" sns_message_id={sns_message_id!r}"
+    if cid:
+        tail += f" cid={cid!r}"
     args = (
         result.outcome.label,
-        fields["media_type"],
+        media_type,
         result.message_id,
         result.receive_count,
         result.elapsed_s,
-        where + ids,
-        f" reason={fields['reason']}" if fields["reason"] else "",
-        f" error={fields['error']}" if fields["error"] else "",
-        f" body={fields['body']}" if fields["body"] is not None else "",
+        tail,
+        f" reason={reason}" if reason else "",
+        f" error={error}" if error else "",
+        f" body={body}" if body is not None else "",
     )
     # makeRecord + handle: the same record and handlers as logger.log, without walking the stack for the caller
     record = logger.makeRecord(

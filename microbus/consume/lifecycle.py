@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -87,6 +87,22 @@ class LifecycleEvent:
     detail: str | None = None
     message: SQSMessage | None = None
     """The message itself (its ids, cid, attributes and publish time); None for activity events."""
+
+
+# The slots' setters: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+# made a message's four events cost 8 µs; Tracked.event builds the same immutable event through these.
+_new_event = object.__new__
+
+
+def _setter(name: str) -> Callable[[LifecycleEvent, object], None]:
+    setter: Callable[[LifecycleEvent, object], None] = getattr(LifecycleEvent, name).__set__
+    return setter
+
+
+_set_kind, _set_queue_url, _set_at, _set_elapsed_s = map(_setter, ("kind", "queue_url", "at", "elapsed_s"))
+_set_message_id, _set_media_type, _set_receive_count = map(_setter, ("message_id", "media_type", "receive_count"))
+_set_outcome, _set_result, _set_activity = map(_setter, ("outcome", "result", "activity"))
+_set_error, _set_detail, _set_message = map(_setter, ("error", "detail", "message"))
 
 
 class LifecycleObserver(Protocol):
@@ -174,18 +190,30 @@ class Tracked:
         """True once settled (however it ended)."""
         return self.state is MessageState.SETTLED
 
-    def event(self, kind: EventKind, queue_url: str, **details: object) -> LifecycleEvent:
-        """An event about this message, timed now."""
+    def event(
+        self,
+        kind: EventKind,
+        queue_url: str,
+        *,
+        outcome: Outcome | None = None,
+        result: Result | None = None,
+        detail: str | None = None,
+    ) -> LifecycleEvent:
+        """An event about this message, timed now (the same as ``LifecycleEvent(...)``, built field by field)."""
         now = time.monotonic()
         message = self.message
-        return LifecycleEvent(
-            kind=kind,
-            queue_url=queue_url,
-            at=now,
-            elapsed_s=now - self.received_at,
-            message_id=message.message_id,
-            media_type=message.media_type,
-            receive_count=message.approximate_receive_count,
-            message=message,
-            **details,  # type: ignore[arg-type]
-        )
+        event = _new_event(LifecycleEvent)
+        _set_kind(event, kind)
+        _set_queue_url(event, queue_url)
+        _set_at(event, now)
+        _set_elapsed_s(event, now - self.received_at)
+        _set_message_id(event, message.message_id)
+        _set_media_type(event, message.media_type)
+        _set_receive_count(event, message.approximate_receive_count)
+        _set_outcome(event, outcome)
+        _set_result(event, result)
+        _set_activity(event, None)
+        _set_error(event, None)
+        _set_detail(event, detail)
+        _set_message(event, message)
+        return event

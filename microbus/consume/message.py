@@ -70,17 +70,24 @@ class SQSMessage:
     def opaque_data(self) -> OpaqueData:
         """The opaque data carried through the flow (request ids, publish time, …): a copy, keys lower-cased
         as microcosm-pubsub sends them, looked up in any case."""
+        return self.folded_opaque_data().copy()
+
+    def folded_opaque_data(self) -> OpaqueData:
+        """:attr:`opaque_data` itself, not a copy: for reading only (the framework's per-message lookups).
+
+        Folded once per ``content["opaque_data"]`` object: a new one put into ``content`` is folded again.
+        """
         raw = self.content.get("opaque_data") if self.content is not None else None
         cached = self._opaque
         if cached is None or cached[0] is not raw:
             cached = self._opaque = (raw, OpaqueData(raw or {}))
-        return cached[1].copy()
+        return cached[1]
 
     @property
     def cid(self) -> str:
         """The correlation id its handler runs under: the inbound ``x-microbus-cid``, else :attr:`idempotency_key`."""
-        opaque = self.opaque_data
-        cid = opaque.get(CID_KEY)
+        opaque = self.folded_opaque_data()
+        cid = dict.get(opaque, CID_KEY)  # the keys are folded already
         return cid if isinstance(cid, str) and cid else self.idempotency_key_in(opaque)
 
     def attribute(self, name: str) -> str | None:
@@ -94,11 +101,11 @@ class SQSMessage:
     def idempotency_key(self) -> str:
         """The most stable id of this message: the producer's ``x-microbus-message-id``, else the SNS
         MessageId (enveloped delivery), else the SQS MessageId (same across redeliveries of one SQS message)."""
-        return self.idempotency_key_in(self.opaque_data)
+        return self.idempotency_key_in(self.folded_opaque_data())
 
     def idempotency_key_in(self, opaque_data: OpaqueData) -> str:
         """:attr:`idempotency_key`, from this message's ``opaque_data`` already at hand."""
-        stamped = opaque_data.get(MESSAGE_ID_KEY)
+        stamped = dict.get(opaque_data, MESSAGE_ID_KEY)  # a lower-case key: folding it would change nothing
         if isinstance(stamped, str) and stamped:
             return stamped
         return self.sns_message_id or self.message_id

@@ -81,19 +81,23 @@ class Stats:
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Count one transition."""
+        kind = event.kind
+        if kind is EventKind.STARTED:  # the one per-message event not counted
+            return
         with self._lock:
-            if event.kind is EventKind.RECEIVED:
+            if kind is EventKind.RECEIVED:
                 self.received += 1
-            elif event.kind is EventKind.FINISHED and event.outcome is not None:
-                self.outcomes[event.outcome.label] += 1
-            elif event.kind is EventKind.RELEASED:
-                self.released += 1
-            elif event.kind in (EventKind.SETTLED, EventKind.DEAD_LETTERED):
+            elif kind is EventKind.FINISHED:
+                if event.outcome is not None:
+                    self.outcomes[event.outcome.label] += 1
+            elif kind is EventKind.SETTLED or kind is EventKind.DEAD_LETTERED:
                 self.settled += 1
-            elif event.kind is EventKind.RESENT:
+            elif kind is EventKind.RELEASED:
+                self.released += 1
+            elif kind is EventKind.RESENT:
                 self.settled += 1
                 self.resent += 1
-            elif event.kind is EventKind.SETTLE_FAILED:
+            elif kind is EventKind.SETTLE_FAILED:
                 self.settle_failed += 1
 
     @property

@@ -18,8 +18,7 @@ own empty context (pass ``contextvars.copy_context().run`` to it to keep the mes
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ ancestors' bulk (or a hostile producer's) to SNS's 256 KiB limit."""
 MAX_CID_CHARS = 256
 """A longer inbound cid is not taken: the message's own id is its cid instead."""
 _TTL_TEXT = re.compile(r"\s*[+-]?\d{1,18}\s*")
+_ABSENT = object()
 
 _cid: ContextVar[str | None] = ContextVar("microbus_cid", default=None)
 _message: ContextVar[MessageContext | None] = ContextVar("microbus_message_context", default=None)
@@ -154,24 +154,34 @@ def build_context(
     malformed: str | None = None
     ttl: int | None = None
     if initial_ttl is not None:
-        inbound = parse_ttl(opaque[TTL_KEY]) if TTL_KEY in opaque else initial_ttl
+        raw_ttl = dict.get(opaque, TTL_KEY, _ABSENT)  # the keys are folded already
+        inbound = initial_ttl if raw_ttl is _ABSENT else parse_ttl(raw_ttl)
         if inbound is None:
-            malformed, inbound = log_repr(opaque[TTL_KEY]), initial_ttl
+            malformed, inbound = log_repr(raw_ttl), initial_ttl
         ttl = inbound - 1
         forwarded[TTL_KEY] = str(ttl)
     return MessageContext(cid=cid, forwarded=forwarded, ttl=ttl, skipped=tuple(skipped), malformed_ttl=malformed)
 
 
-@contextmanager
-def message_context(context: MessageContext) -> Iterator[MessageContext]:
-    """Make ``context`` (and its cid) current for the block."""
-    message_token = _message.set(context)
-    cid_token = _cid.set(context.cid)
-    try:
-        yield context
-    finally:
-        _cid.reset(cid_token)
-        _message.reset(message_token)
+class message_context:  # noqa: N801 - a context manager used as a function, as it was one
+    """Make ``context`` (and its cid) current for the block: ``with message_context(context): ...``.
+
+    A class rather than a generator: it is entered once per message, and this costs a fifth of a generator's.
+    """
+
+    __slots__ = ("_cid_token", "_context", "_message_token")
+
+    def __init__(self, context: MessageContext) -> None:
+        self._context = context
+
+    def __enter__(self) -> MessageContext:
+        self._message_token = _message.set(self._context)
+        self._cid_token = _cid.set(self._context.cid)
+        return self._context
+
+    def __exit__(self, *exc_info: object) -> None:
+        _cid.reset(self._cid_token)
+        _message.reset(self._message_token)
 
 
 def current_message_context() -> MessageContext | None:

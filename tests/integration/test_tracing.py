@@ -2,7 +2,7 @@
 
 The SDK's in-memory exporter records the spans. The global tracer provider can be set only once per process,
 so the fixture puts OpenTelemetry's globals back afterwards (private names, as OpenTelemetry's own test
-utilities do): other tests then see no provider, as without tracing.
+utilities do), and microbus's memory of a provider seen: other tests then see no provider, as without tracing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from opentelemetry.util._once import Once  # noqa: E402
 
 from microbus import HandlerRegistry, Outcome, SQSMessageDispatcher, Worker  # noqa: E402
 from microbus.testing import wait_for  # noqa: E402
+from microbus.wire import tracecontext  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         yield exporter
     finally:
         trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+        tracecontext._recording_since = None  # microbus remembers a provider once seen: forget it too
         provider.shutdown()
 
 

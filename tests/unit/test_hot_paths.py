@@ -1,0 +1,180 @@
+"""The per-message paths made cheap keep their behaviour: the outcome line, the message context, tracing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+
+import pytest
+from microbus.reference.schemas import OrderPlaced
+
+from microbus import HandlerRegistry, SQSMessageDispatcher
+from microbus.consume.dispatch import RECORD_FIELDS, log_result, runtime_error
+from microbus.consume.lifecycle import EventKind, LifecycleEvent, Tracked
+from microbus.consume.message import SQSMessage
+from microbus.testing import StubQueue
+from microbus.wire import tracecontext
+from microbus.wire.context import build_context, current_cid, current_message_context, message_context
+
+
+def received(body: dict[str, object]) -> SQSMessage:
+    queue = StubQueue()
+    queue.put(body)
+    [message] = queue.consumer().consume()
+    return message
+
+
+def failing(content: object) -> None:
+    raise ValueError("bad\nline")
+
+
+def test_the_outcome_line_and_its_fields_name_everything_bounded(caplog):
+    # Given a message with a long cid, handled by a failing handler
+    message = received(
+        {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1", "opaqueData": {"X-Microbus-Cid": "c" * 150}}
+    )
+    message.sns_message_id = "sns-1"
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: failing}))
+    result = dispatcher.handle(message)
+    # When its outcome is logged
+    with caplog.at_level(logging.INFO, logger="microbus.consume.dispatch"):
+        log_result(result, message=message, daemon="d", queue="q")
+    # Then the line names the daemon, queue, ids and the error, each bounded and on one line
+    [record] = caplog.records
+    cid = "c" * 100 + "… (150 chars)"
+    assert record.getMessage() == (
+        f"FAILED {OrderPlaced.MEDIA_TYPE} id={message.message_id!r} receive_count=1 elapsed={result.elapsed_s:.3f}s"
+        f" daemon=d queue=q sns_message_id='sns-1' cid={cid!r} reason=handler-error error=ValueError: bad\\nline"
+    )
+    assert getattr(record, RECORD_FIELDS) == {
+        "daemon": "d",
+        "queue": "q",
+        "media_type": OrderPlaced.MEDIA_TYPE,
+        "message_id": message.message_id,
+        "sns_message_id": "sns-1",
+        "cid": cid,
+        "attempt": 1,
+        "outcome": "FAILED",
+        "elapsed_s": round(result.elapsed_s, 6),
+        "reason": "handler-error",
+        "error": "ValueError: bad\\nline",
+        "body": None,
+    }
+    assert record.exc_info is not None and record.exc_info[1] is result.error
+
+
+def test_a_disabled_outcome_line_reads_nothing_of_the_message(caplog):
+    class Untouchable(SQSMessage):
+        @property
+        def cid(self) -> str:
+            raise AssertionError("the cid was computed for a line that is not logged")
+
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    untouchable = Untouchable(message.consumer, message.message_id, message.receipt_handle, message.body)
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None}))
+    result = dispatcher.handle(message)
+    with caplog.at_level(logging.WARNING, logger="microbus.consume.dispatch"):
+        log_result(result, message=untouchable, daemon="d", queue="q")
+    assert caplog.records == []
+
+
+def test_the_message_context_is_restored_after_nested_blocks_and_errors():
+    outer = build_context({"x-microbus-cid": "outer"}, fallback_cid="-")
+    inner = build_context({}, fallback_cid="inner")
+    with message_context(outer) as entered:
+        assert entered is outer and current_cid() == "outer"
+        with pytest.raises(RuntimeError), message_context(inner):
+            assert current_cid() == "inner" and current_message_context() is inner
+            raise RuntimeError
+        assert current_cid() == "outer" and current_message_context() is outer
+    assert current_cid() is None and current_message_context() is None
+
+
+def test_the_folded_opaque_data_is_shared_and_the_public_one_is_a_copy():
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1", "opaqueData": {"X-Request-Id": "r"}})
+    assert message.folded_opaque_data() is message.folded_opaque_data()
+    copy = message.opaque_data
+    copy["x-request-id"] = "changed"
+    assert message.opaque_data["X-Request-Id"] == "r"
+    # a new opaqueData put into the content is read, not the old fold
+    assert message.content is not None
+    message.content["opaque_data"] = {"X-Request-Id": "new"}
+    assert message.folded_opaque_data()["x-request-id"] == "new"
+
+
+@pytest.fixture
+def otel_trace() -> Iterator[object]:
+    """OpenTelemetry's global provider unset for the test, and put back afterwards (it can be set only once)."""
+    pytest.importorskip("opentelemetry.sdk", reason="needs microbus[otel]")
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE, tracecontext._recording_since
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
+    tracecontext._recording_since = None
+    try:
+        yield trace
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE, tracecontext._recording_since = saved
+
+
+def test_a_tracer_provider_set_after_the_first_messages_is_picked_up_and_then_not_looked_up_again(
+    otel_trace, monkeypatch
+):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    trace = otel_trace
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None}))
+    # Given no provider: no span
+    with tracecontext.consumer_span(message, queue_url="stub://queue", daemon="d") as span:
+        assert span is None
+    dispatcher.handle(message)
+    # When a provider is set while the daemon runs
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        # Then the next message has its span
+        dispatcher.handle(message)
+        assert [span.name for span in exporter.get_finished_spans()] == ["process queue"]
+        # And from then on the provider is not looked up per message
+        lookups: list[int] = []
+        real = trace.get_tracer_provider
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: lookups.append(1) or real())
+        assert tracecontext._recording() is not None
+        assert lookups == []
+        dispatcher.handle(message)
+        assert len(exporter.get_finished_spans()) == 2
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_a_message_s_event_is_the_same_immutable_event_as_one_built_by_its_constructor(kind):
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    tracked = Tracked(message)
+    result = runtime_error(message, RuntimeError("x"))
+    event = tracked.event(kind, "stub://queue", outcome=result.outcome, result=result, detail="why")
+    expected = LifecycleEvent(
+        kind=kind,
+        queue_url="stub://queue",
+        at=event.at,
+        elapsed_s=event.at - tracked.received_at,
+        message_id=message.message_id,
+        media_type=OrderPlaced.MEDIA_TYPE,
+        receive_count=1,
+        outcome=result.outcome,
+        result=result,
+        detail="why",
+        message=message,
+    )
+    assert event == expected
+    names = [f.name for f in dataclasses.fields(LifecycleEvent)]
+    assert [getattr(event, name) for name in names] == [getattr(expected, name) for name in names]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.detail = "changed"  # type: ignore[misc]
