@@ -207,7 +207,8 @@ def test_with_json_log_format_every_line_is_one_json_object_with_the_message_fie
     microbus_queue.sqs.send_message(QueueUrl=microbus_queue.queue_url, MessageBody='{"mediaType": "x/\\u2028evil"}')
     for outcome in ("SUCCEEDED", "FAILED", "REJECTED"):
         daemon.wait_for_line(f'"outcome": "{outcome}"')
-    daemon.wait_for_line(r'"stats": \{"received": 3')
+    # (a stats line written after the success was counted: one written while it ran says handled 0)
+    daemon.wait_for_line(r'"stats": \{"received": 3, "handled": 1')
     assert daemon.stop() == 0
     # Then every line parses as one JSON object
     lines = [json.loads(line) for line in daemon.lines]
@@ -227,7 +228,7 @@ def test_with_json_log_format_every_line_is_one_json_object_with_the_message_fie
     assert "\u2028" not in json.dumps(by_outcome["REJECTED"], ensure_ascii=False)
     assert '"n": 1' not in daemon.stderr and "cid-7" not in succeeded["message"].replace("cid='cid-7'", "")
     stats = [line["stats"] for line in lines if "stats" in line]
-    assert stats[-1]["received"] == 3 and stats[-1]["handled"] == 1
+    assert stats[-1]["received"] >= 3 and stats[-1]["handled"] == 1
 
 
 def test_the_human_format_has_the_same_fields_a_periodic_stats_line_and_bodies_when_asked(microbus_queue, run_daemon):
