@@ -194,26 +194,37 @@ def _serialize_dynamodb() -> None:
     DynamoHandler.call_action = serialized  # type: ignore[method-assign]
 
 
-def _serialize_sqs_receives() -> None:
-    """Make moto hand out each queue's messages to one ReceiveMessage at a time.
+def _serialize_sqs_queues() -> None:
+    """Make moto's SQS queues safe under concurrent requests, as SQS is.
 
     moto picks the visible messages of a queue without a lock, so two receives at once can both return the
-    same message (and, on a FIFO queue, slices of one message group); SQS never does. Workers keep several
-    receives in flight, so the embedded emulator serialises them per queue.
+    same message (and, on a FIFO queue, slices of one message group); and each delete rebuilds the queue's
+    message list unlocked, so deletes (or a send) at once lose updates: a deleted message comes back (in
+    flight, then visible: delivered twice, on a FIFO queue behind the rest of its group) or a sent one vanishes.
+    Workers keep several receives and settle batches in flight, so the embedded emulator serialises each
+    queue's receives, and its receives' picking, deletes and sends on the queue's own lock (a long poll's wait
+    releases it).
     """
     import threading
     from collections import defaultdict
 
-    from moto.sqs.models import SQSBackend
+    from moto.sqs.models import Queue, SQSBackend
 
     locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
     receive_message = SQSBackend.receive_message
+    delete_message = Queue.delete_message
 
     def serialized(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
-        with locks[queue_name]:
+        queue = self.get_queue(queue_name)
+        with locks[queue_name], queue._messages_lock:
             return receive_message(self, queue_name, *args, **kwargs)
 
+    def locked_delete(self: Queue, receipt_handle: str) -> None:
+        with self._messages_lock:
+            delete_message(self, receipt_handle)
+
     SQSBackend.receive_message = serialized  # type: ignore[method-assign]
+    Queue.delete_message = locked_delete  # type: ignore[method-assign]
 
 
 _IN_USE = "in-use"
@@ -249,7 +260,7 @@ def _serve(port: int = 0) -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     _serialize_dynamodb()
-    _serialize_sqs_receives()
+    _serialize_sqs_queues()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print(server.get_host_and_port()[1], flush=True)
