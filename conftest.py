@@ -1,4 +1,5 @@
-"""Root conftest: guards the network. A test that opens a connection to anything but loopback fails.
+"""Root conftest: guards the network (a test that opens a connection to anything but loopback fails), and on
+LocalStack skips the integration tests that do not use the emulator under test.
 
 The guard patches this process's sockets; daemons started as subprocesses are not covered by it.
 """
@@ -12,7 +13,20 @@ from typing import Any
 
 import pytest
 
+from microbus.testing.fixtures import emulator_kind
+
 # The microbus fixtures (and their --emulator option) come from the installed package's pytest11 plugin.
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On LocalStack, an integration test that does not use ``microbus_endpoint`` (it starts the embedded emulator
+    itself, or needs none) is skipped: the moto run checks it, and LocalStack would only repeat it."""
+    if emulator_kind(config) != "localstack":
+        return
+    skip = pytest.mark.skip(reason="does not use the emulator under test (microbus_endpoint): the moto run checks it")
+    for item in items:
+        if item.get_closest_marker("integration") and "microbus_endpoint" not in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
 
 
 class NonLoopbackConnectionError(RuntimeError):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from moto.sqs.models import Queue, SQSBackend
 
-from microbus.testing.emulator import _serialize_sqs_queues
+from microbus.testing.emulator import _cheap_sqs_retention_check, _serialize_sqs_queues
 
 ACCOUNT = "123456789012"
 
@@ -77,3 +77,22 @@ def test_a_message_sent_while_others_are_deleted_stays(locked, switch_often):
     delete_concurrently(backend, handles)
     sender.join(60)
     assert sorted(m.body for m in backend.get_queue("q")._messages) == sorted(f"new-{i}" for i in range(100))
+
+
+@pytest.fixture
+def cheap_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        SQSBackend, "is_message_valid_based_on_retention_period", SQSBackend.is_message_valid_based_on_retention_period
+    )
+    _cheap_sqs_retention_check()
+
+
+def test_the_retention_check_still_drops_a_message_past_its_retention_period(cheap_retention):
+    backend = SQSBackend(region_name="us-east-1", account_id=ACCOUNT)
+    backend.create_queue("q", MessageRetentionPeriod="60")
+    backend.send_message("q", "old")
+    backend.send_message("q", "new")
+    old = next(m for m in backend.get_queue("q")._messages if m.body == "old")
+    old.sent_timestamp -= 61_000  # sent 61 s before the others: past the 60 s retention
+    received = [m.body for _ in range(3) for m in backend.receive_message("q", 10, 0, 30)]  # moto: one per call
+    assert received == ["new"]
