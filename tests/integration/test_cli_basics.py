@@ -105,7 +105,11 @@ def test_run_finds_a_module_in_the_current_directory_without_pythonpath(microbus
             MessageBody='{"mediaType": "application/vnd.microbus.order.placed", "order_id": "o-cwd"}',
         )
         # Then the daemon from the current directory handles it
-        wait_for(lambda: marker.exists() or process.poll() is not None, timeout_s=30, what="the handler")
+        wait_for(  # the line written, not only the file opened
+            lambda: (marker.exists() and marker.read_text().endswith("\n")) or process.poll() is not None,
+            timeout_s=30,
+            what="the handler",
+        )
         assert marker.exists(), "".join(lines)
         assert marker.read_text() == "o-cwd\n"
         process.send_signal(signal.SIGTERM)

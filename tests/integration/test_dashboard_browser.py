@@ -73,7 +73,14 @@ def name_of(url: str) -> str:
 
 
 def shown(page: Any, queue: str, field: str) -> str:
-    return str(page.locator(f'tr[data-queue="{queue}"] td[data-field="{field}"]').text_content(timeout=1000) or "")
+    """The cell's text; "" while the row is not on the page yet (the caller polls)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    cell = page.locator(f'tr[data-queue="{queue}"] td[data-field="{field}"]')
+    try:
+        return str(cell.text_content(timeout=1000) or "")
+    except PlaywrightTimeoutError:
+        return ""
 
 
 def wait_shown(page: Any, queue: str, expected: dict[str, str]) -> None:

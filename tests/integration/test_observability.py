@@ -183,7 +183,7 @@ def get(url: str) -> tuple[int, str, str]:
 
 
 def endpoint_of(daemon: Daemon) -> str:
-    return daemon.wait_for_line(r"on (http://127\.0\.0\.1:\d+)").group(1)
+    return daemon.wait_for_line(r"on (http://127\.0\.0\.1:\d+)", timeout_s=60).group(1)  # a loaded machine
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
