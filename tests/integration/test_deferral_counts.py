@@ -23,6 +23,7 @@ from microbus.testing import wait_for
 from microbus.wire.delivery import DELIVER_AT_KEY, format_due, parse_due
 from microbus.wire.schemas import SchemaRegistry
 from microbus.wire.transport import SQSTransport
+from tests.integration.test_fifo_groups import make_fifo_queue
 
 pytestmark = pytest.mark.integration
 
@@ -236,26 +237,9 @@ def test_a_re_send_that_fails_keeps_the_original_and_is_tried_again(make_queue):
     assert [content["order_id"] for content in handled] == ["soon"]
 
 
-def make_fifo_queue(sqs, *, max_receive_count):
-    """A FIFO queue (content-based dedup) dead-lettering after ``max_receive_count`` receives; (url, dlq_url)."""
-    name = f"df-{uuid.uuid4().hex[:10]}"
-    dlq = sqs.create_queue(QueueName=f"{name}-dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    url = sqs.create_queue(
-        QueueName=f"{name}.fifo",
-        Attributes={
-            "FifoQueue": "true",
-            "ContentBasedDeduplication": "true",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
-        },
-    )["QueueUrl"]
-    return url, dlq
-
-
 def test_on_a_fifo_queue_a_long_deferral_keeps_its_group_and_is_not_dead_lettered(microbus_endpoint):
     # Given a FIFO queue dead-lettering on the 4th receive, and a message of group "g" due in three days
-    sqs = microbus_endpoint.settings().client("sqs")
-    url, dlq = make_fifo_queue(sqs, max_receive_count=3)
+    sqs, url, dlq = make_fifo_queue(microbus_endpoint, max_receive_count=3)
     clock = Clock()
     due = format_due(datetime.fromtimestamp(clock() + 3 * 86_400, tz=UTC))
     body = {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "later", "opaqueData": {DELIVER_AT_KEY: due}}
