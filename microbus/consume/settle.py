@@ -329,10 +329,12 @@ class Settler:
             batches = self._ready()
             self._in_flight += len(batches)
             self._cond.notify_all()
-        if live:
-            self.done([(entry.tracked, kind, _detail(entry, kind, detail)) for entry, kind, detail in live])
-        if batches:
-            self._submit(batches)
+        try:
+            if live:
+                self.done([(entry.tracked, kind, _detail(entry, kind, detail)) for entry, kind, detail in live])
+        finally:  # the batches taken are counted in flight: they go out whatever ``done`` does
+            if batches:
+                self._submit(batches)
 
     def _send(self, step: Step, batch: list[_Entry]) -> dict[str, EntryFailure]:
         if step is Step.DELETE:
