@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import sys
 import threading
@@ -22,6 +23,7 @@ from microbus.consume.records import RecordTemplate
 from microbus.testing import StubQueue
 from microbus.wire import tracecontext
 from microbus.wire.context import (
+    MessageContext,
     build_context,
     current_cid,
     current_message_context,
@@ -301,3 +303,68 @@ def test_without_a_tracer_provider_the_provider_is_not_looked_up_per_message(ote
     # Then neither the provider nor the environment is looked up (get_tracer_provider reads the environment)
     assert lookups == []
     assert tracecontext._recording() is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"mediaType": "a/b", "n": 1.5, "s": "\\u00e9\\ud800", "l": [true, null]}',
+        ' {"a": 1}',
+        '{"a": 1}\n',
+        '{"a": 1}{"b": 2}',
+        '{"a": 1} x',
+        "{",
+        '{"a": NaN, "b": -Infinity}',
+        "[1]",
+        '"text"',
+        "",
+        "{}",
+        "{" * 100_000,
+        '{"a": "' + "\x00" + '"}',
+    ],
+)
+def test_a_body_is_parsed_as_json_loads_parses_it(text):
+    from microbus.errors import MalformedBodyError
+    from microbus.wire.codecs import _loads, parse_json_object
+
+    try:
+        expected: object = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        expected = type(exc)
+    try:
+        parsed: object = _loads(text)
+    except (ValueError, RecursionError) as exc:
+        parsed = type(exc)
+    assert parsed == expected
+    if not isinstance(expected, dict):
+        with pytest.raises(MalformedBodyError):
+            parse_json_object(text)
+
+
+def test_the_contexts_and_envelopes_built_per_message_equal_the_ones_their_constructors_build():
+    from microbus.wire.envelope import Unwrapped, unwrap
+
+    context = build_context({"X-Request-Id": "r", "x-request-ttl": "oops", 3: "x"}, fallback_cid="c")
+    assert context == MessageContext(
+        cid="c",
+        forwarded={"x-request-id": "r", "x-microbus-cid": "c", "x-request-ttl": "31"},
+        ttl=31,
+        skipped=(),
+        malformed_ttl="'oops'",
+    )
+    assert list(vars(context)) == [field.name for field in dataclasses.fields(MessageContext)]
+    raw = unwrap('{"mediaType": "a/b"}')
+    assert raw == Unwrapped({"mediaType": "a/b"})
+    envelope = {
+        "Type": "Notification",
+        "TopicArn": "arn:t",
+        "MessageId": "sns-1",
+        "Message": '{"mediaType": "a/b"}',
+        "Timestamp": "2024-01-01T00:00:00.000Z",
+        "MessageAttributes": {"k": {"Type": "String", "Value": "v"}},
+    }
+    enveloped = unwrap(json.dumps(envelope))
+    assert enveloped == Unwrapped({"mediaType": "a/b"}, "arn:t", "sns-1", 1704067200.0, {"k": "v"})
+    for value in (context, raw, enveloped):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.cid = "changed"  # type: ignore[union-attr]
