@@ -39,6 +39,7 @@ ancestors' bulk (or a hostile producer's) to SNS's 256 KiB limit."""
 MAX_CID_CHARS = 256
 """A longer inbound cid is not taken: the message's own id is its cid instead."""
 _TTL_TEXT = re.compile(r"\s*[+-]?\d{1,18}\s*")
+_NOT_FORWARDED = frozenset((PUBLISHED_KEY, TTL_KEY))
 _ABSENT = object()
 
 _cid: ContextVar[str | None] = ContextVar("microbus_cid", default=None)
@@ -119,8 +120,8 @@ def parse_ttl(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if abs(value) < 10**18 else None
-    if isinstance(value, str) and _TTL_TEXT.fullmatch(value):
-        return int(value)
+    if isinstance(value, str) and (value.isdecimal() and len(value) <= 18 or _TTL_TEXT.fullmatch(value)):
+        return int(value)  # isdecimal: the characters \d matches, as the pattern without the sign and the spaces
     return None
 
 
@@ -137,16 +138,20 @@ def build_context(
     skipped = []
     room = MAX_FORWARDED_CHARS
     for key, value in opaque.items():
-        if not isinstance(key, str) or key in (PUBLISHED_KEY, TTL_KEY):
+        if not isinstance(key, str) or key in _NOT_FORWARDED or (key.startswith(MICROBUS_PREFIX) and key != CID_KEY):
             continue
-        if key.startswith(MICROBUS_PREFIX) and key != CID_KEY:
-            continue
-        size = len(key) + len(value) if isinstance(value, str) else 0
-        if size and len(key) <= MAX_FORWARDED_KEY_CHARS and len(value) <= MAX_FORWARDED_VALUE_CHARS and size <= room:
-            forwarded[key] = value
-            room -= size
-        else:
-            skipped.append(key)
+        if isinstance(value, str):
+            size = len(key) + len(value)
+            if (
+                size
+                and size <= room
+                and len(key) <= MAX_FORWARDED_KEY_CHARS
+                and len(value) <= MAX_FORWARDED_VALUE_CHARS
+            ):
+                forwarded[key] = value
+                room -= size
+                continue
+        skipped.append(key)
     cid = forwarded.get(CID_KEY)
     if not cid or len(cid) > MAX_CID_CHARS:
         cid = fallback_cid

@@ -368,3 +368,24 @@ def test_the_contexts_and_envelopes_built_per_message_equal_the_ones_their_const
     for value in (context, raw, enveloped):
         with pytest.raises(dataclasses.FrozenInstanceError):
             value.cid = "changed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "ttl"),
+    [
+        ("31", 31),
+        ("0", 0),
+        ("1" * 18, int("1" * 18)),
+        ("1" * 19, None),
+        ("\u0663\u0661", 31),  # Arabic-Indic digits: \d and int() take them
+        ("\u00b2", None),  # a superscript two is a digit, not a decimal: \d and int() refuse it
+        (" +5 ", 5),
+        ("-3", -3),
+        ("", None),
+        ("3.0", None),
+    ],
+)
+def test_a_ttl_is_read_as_the_pattern_reads_it(text, ttl):
+    from microbus.wire.context import parse_ttl
+
+    assert parse_ttl(text) == ttl
