@@ -613,7 +613,8 @@ def log_result(
     )
     # the record makeRecord would make, and handle: the same record and handlers as logger.log, without walking the
     # stack for the caller
-    logger.handle(_RECORDS[level].record(args, _traceback(result), {RECORD_FIELDS: fields}))
+    exc_info = None if result.error is None else _traceback(result)
+    logger.handle(_RECORDS[level].record(args, exc_info, {RECORD_FIELDS: fields}))
 
 
 def _bounded(value: str | None) -> str | None:

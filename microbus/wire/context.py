@@ -53,7 +53,8 @@ class OpaqueData(dict[str, Any]):
     """
 
     def __init__(self, data: Mapping[Any, Any] | None = None) -> None:
-        data = data or {}
+        if not data:  # no opaqueData: nothing to fold
+            return
         super().__init__({key.casefold() if key.__class__ is str else key: value for key, value in data.items()})
         if len(self) < len(data):  # keys that differ only in case: the lower-case one wins
             for key, value in data.items():
@@ -175,7 +176,12 @@ def _new_context(
     in its ``__dict__``: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
     cost 1–2 µs per message."""
     context = _new(MessageContext)
-    vars(context).update(cid=cid, forwarded=forwarded, ttl=ttl, skipped=skipped, malformed_ttl=malformed_ttl)
+    values = context.__dict__
+    values["cid"] = cid
+    values["forwarded"] = forwarded
+    values["ttl"] = ttl
+    values["skipped"] = skipped
+    values["malformed_ttl"] = malformed_ttl
     return context
 
 
