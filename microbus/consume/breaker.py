@@ -136,6 +136,9 @@ class CircuitBreaker:
         """Set the callback of transitions (the worker's)."""
         self._on_change = on_change
 
+    observed_kinds = frozenset({EventKind.FINISHED})
+    """The events the breaker counts (see :class:`~microbus.consume.lifecycle.LifecycleObserver`)."""
+
     def on_event(self, event: LifecycleEvent) -> None:
         """Count a handler's outcome; open, close or reopen the circuit when it decides."""
         if event.kind is not EventKind.FINISHED or event.outcome is None:

@@ -126,22 +126,24 @@ class VisibilityHeartbeat:
             self._leases.clear()
             self._cond.notify_all()
 
-    def track(self, tracked: Tracked) -> None:
-        """Start extending a message, received at ``tracked.received_at``."""
-        if not self.enabled:
+    def track(self, *held: Tracked) -> None:
+        """Start extending messages, each received at its ``received_at``."""
+        if not self.enabled or not held:
             return
-        lease = Lease(tracked, tracked.received_at, tracked.received_at + self.visibility_timeout_seconds)
-        due_at = lease.visible_until - self.visibility_timeout_seconds * (1.0 - self.fraction)
+        timeout, early = self.visibility_timeout_seconds, self.visibility_timeout_seconds * (1.0 - self.fraction)
+        leases = [(id(t), Lease(t, t.received_at, t.received_at + timeout)) for t in held]
+        due_at = min(lease.visible_until for _, lease in leases) - early
         with self._cond:
             if not self._stopped:
-                self._leases[id(tracked)] = lease
+                self._leases.update(leases)
                 if due_at < self._wake_at:  # due before the heartbeat means to look again
                     self._cond.notify_all()
 
-    def untrack(self, tracked: Tracked) -> None:
-        """Stop extending a message (it was settled). Never blocks."""
+    def untrack(self, *held: Tracked) -> None:
+        """Stop extending messages (they were settled). Never blocks."""
         with self._cond:
-            self._leases.pop(id(tracked), None)
+            for tracked in held:
+                self._leases.pop(id(tracked), None)
 
     @property
     def held(self) -> int:

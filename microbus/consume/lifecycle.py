@@ -106,32 +106,53 @@ _set_error, _set_detail, _set_message = map(_setter, ("error", "detail", "messag
 
 
 class LifecycleObserver(Protocol):
-    """Receives every lifecycle event; must be fast and must not raise (a raising observer is logged)."""
+    """Receives lifecycle events; must be fast and must not raise (a raising observer is logged).
+
+    An observer with an ``observed_kinds`` attribute (a set of :class:`EventKind`) receives only the events of
+    those kinds; without one it receives every event.
+    """
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Called once per transition, from the thread that made it."""
 
 
 class Observers:
-    """Delivers each event to every observer; one that raises is logged (once per observer) and skipped."""
+    """Delivers each event to the observers of its kind; one that raises is logged (once per observer) and
+    skipped. An event of a kind no observer takes is not built at all (see :meth:`wants`)."""
 
     def __init__(self, observers: Iterable[LifecycleObserver] = ()) -> None:
-        self._observers = list(observers)
+        self._observers: list[LifecycleObserver] = []
+        self._by_kind: dict[str, tuple[LifecycleObserver, ...]] = {}
         self._failed: set[int] = set()
+        for observer in observers:
+            self.add(observer)
 
     def add(self, observer: LifecycleObserver) -> None:
         """Add an observer."""
         self._observers.append(observer)
+        by_kind: dict[str, tuple[LifecycleObserver, ...]] = {}
+        for kind in EventKind:
+            by_kind[kind._name_] = tuple(o for o in self._observers if _takes(o, kind))
+        self._by_kind = by_kind  # replaced whole: a concurrent emit sees the old table or the new one
+
+    def wants(self, kind: EventKind) -> bool:
+        """True when some observer takes events of ``kind``."""
+        return bool(self._by_kind[kind._name_])
 
     def emit(self, event: LifecycleEvent) -> None:
-        """Deliver ``event``."""
-        for observer in self._observers:
+        """Deliver ``event`` to the observers that take its kind."""
+        for observer in self._by_kind[event.kind._name_]:
             try:
                 observer.on_event(event)
             except Exception:
                 if id(observer) not in self._failed:
                     self._failed.add(id(observer))
                     logger.exception("Lifecycle observer %s failed (logged once)", type(observer).__name__)
+
+
+def _takes(observer: LifecycleObserver, kind: EventKind) -> bool:
+    kinds = getattr(observer, "observed_kinds", None)
+    return not isinstance(kinds, set | frozenset) or kind in kinds
 
 
 _NEXT: dict[MessageState, tuple[MessageState, ...]] = {
@@ -144,7 +165,12 @@ _NEXT: dict[MessageState, tuple[MessageState, ...]] = {
 _NEXT_BY_NAME = {state.name: allowed for state, allowed in _NEXT.items()}  # by name: Enum hashing is slow
 
 
-@dataclass(eq=False)
+_STATE_LOCK = threading.Lock()
+"""Guards every Tracked's state and wire claim: each hold is a few bytecodes, and one lock for all saves a lock
+per received message."""
+
+
+@dataclass(eq=False, slots=True)
 class Tracked:
     """The state holder of one received message; every transition goes through :meth:`advance`."""
 
@@ -153,7 +179,6 @@ class Tracked:
     state: MessageState = MessageState.RECEIVED
     result: Result | None = None
     _on_wire: bool = field(default=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def group(self) -> str | None:
@@ -162,7 +187,7 @@ class Tracked:
 
     def advance(self, to: MessageState) -> bool:
         """Move to ``to``; False (and no change) when that is not a legal next state."""
-        with self._lock:
+        with _STATE_LOCK:
             if to not in _NEXT_BY_NAME[self.state._name_]:
                 return False
             self.state = to
@@ -174,7 +199,7 @@ class Tracked:
         Two visibility calls for one message must not race: a heartbeat extension landing after a release
         would hide the message again.
         """
-        with self._lock:
+        with _STATE_LOCK:
             if self._on_wire:
                 return False
             self._on_wire = True
@@ -182,7 +207,7 @@ class Tracked:
 
     def release_wire(self) -> None:
         """End the claim of :meth:`claim_wire`."""
-        with self._lock:
+        with _STATE_LOCK:
             self._on_wire = False
 
     @property

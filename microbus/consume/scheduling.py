@@ -57,7 +57,8 @@ class Scheduler:
                         self._waiting.remove(t)
             tracked.advance(MessageState.SETTLING)
             startable = self._pick()
-            self._cond.notify_all()
+            if not self._running:  # wait_idle's condition
+                self._cond.notify_all()
             return startable, later
 
     def close(self) -> list[Tracked]:

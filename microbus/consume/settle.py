@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Done = Callable[[Tracked, EventKind, str | None], None]
-"""Called once per message when its settling ended: the message, how it ended, and why (for failures)."""
+Ended = tuple[Tracked, EventKind, str | None]
+"""A message whose settling ended, how it ended, and why (for failures)."""
+Done = Callable[[list[Ended]], None]
+"""Called with the messages whose settling ended (a batch call's at once); each message is in one call only."""
 
 
 class Step(Enum):
@@ -70,7 +72,7 @@ class Settler:
     Parameters:
         transport: the consumed queue.
         dead_letters: the dead-letter queue, if any.
-        done: called once per message when its settling ended.
+        done: called with the messages whose settling ended (each message once).
         supervisor: runs the flusher.
         max_in_flight: batch calls at once.
         max_delay_s: how long a lone entry waits for its batch to fill.
@@ -146,32 +148,46 @@ class Settler:
             while self._live and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             abandoned = list(self._live)  # in a call that is still out too: its late answer is ignored
+            self._live.clear()
             for entries in self._pending.values():
                 entries.clear()
             self._retry.clear()
             left = len(abandoned)
-        for entry in abandoned:
-            self._finish(entry, EventKind.SETTLE_FAILED, "not settled before the shutdown deadline")
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        failed = EventKind.SETTLE_FAILED
+        self.done([(entry.tracked, failed, _detail(entry, failed, _SHUTDOWN_DEADLINE)) for entry in abandoned])
+        self._pool.shutdown()
         if left:
             logger.warning("%d messages not settled by the shutdown deadline; they will be redelivered", left)
         return left
 
     def _add(self, entry: _Entry) -> None:
         if self._closing:  # finished after the shutdown's deadline (e.g. a handler cancelled at shutdown)
-            self.done(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")
+            self.done([(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")])
             return
+        batch: list[_Entry] = []
         with self._cond:
             self._live.add(entry)
             pending = self._pending[entry.step]
             pending.append(entry)
-            if len(pending) == 1 or len(pending) % MAX_BATCH == 0:  # starts a batch's timer, or fills one
+            if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
+                batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
+                self._in_flight += bool(batch)
+            if len(pending) == 1 or (len(pending) >= MAX_BATCH and not batch):  # starts a timer, or waits a slot
                 self._cond.notify_all()
+        if batch:
+            self._submit([(entry.step, batch)])
 
     def _step(self) -> None:
         """One round of the flusher: take the batches that are ready and hand them to the pool."""
-        for step, batch in self._take():
-            self._pool.submit(self._call, step, batch)
+        self._submit(self._take())
+
+    def _submit(self, batches: list[tuple[Step, list[_Entry]]]) -> None:
+        """Hand batches (counted in flight) to the pool; a batch the shut-down pool refuses is given up."""
+        for step, batch in batches:
+            try:
+                self._pool.submit(self._call, step, batch)
+            except RuntimeError:  # shut down in between: the messages reappear after their visibility timeout
+                self._conclude([(entry, EventKind.SETTLE_FAILED, _SHUTDOWN_DEADLINE) for entry in batch], [], [])
 
     def _take(self) -> list[tuple[Step, list[_Entry]]]:
         with self._cond:
@@ -251,19 +267,72 @@ class Settler:
             if step is Step.VISIBILITY:
                 for entry in batch:
                     entry.tracked.release_wire()
+        try:
+            ended, follow, retry = self._sort(step, batch, failures)
+        except Exception as exc:  # a bug: give the batch up (its messages reappear), never lose its slot
+            logger.error("Unexpected error after a %s batch; its messages will reappear", step.value, exc_info=exc)
+            ended, follow, retry = (
+                [(entry, EventKind.SETTLE_FAILED, f"settling failed: {exc!r:.200}") for entry in batch],
+                [],
+                [],
+            )
+        self._conclude(ended, follow, retry)
+
+    def _sort(
+        self, step: Step, batch: list[_Entry], failures: dict[str, EntryFailure]
+    ) -> tuple[list[tuple[_Entry, EventKind, str | None]], list[_Entry], list[_Entry]]:
+        """Each entry's next step after its call: ended (how, why), a follow-up call now, or a retry later."""
+        ended: list[tuple[_Entry, EventKind, str | None]] = []
+        follow: list[_Entry] = []
+        retry: list[_Entry] = []
         for entry in batch:
             failure = failures.get(entry.key)
-            if failure is None:
-                self._succeeded(entry)
+            if failure is None and entry.step in _SENDS:  # the copy is safe: now delete the original
+                entry.step, entry.attempts, entry.queued_at = Step.DELETE, 0, time.monotonic()
+                follow.append(entry)
+            elif failure is None:
+                ended.append((entry, entry.ends_as, None))
             elif failure.sender_fault and step is Step.SEND and entry.copy is not None and not entry.trimmed:
-                self._resend_trimmed(entry, failure)
+                self._trim(entry, failure)
+                follow.append(entry)
             elif failure.sender_fault:
-                self._finish(entry, EventKind.SETTLE_FAILED, f"{step.value} refused: {failure.code}: {failure.message}")
+                ended.append(
+                    (entry, EventKind.SETTLE_FAILED, f"{step.value} refused: {failure.code}: {failure.message}")
+                )
+            elif entry.attempts >= self.retries:
+                ended.append(
+                    (entry, EventKind.SETTLE_FAILED, f"{step.value} failed: {failure.code}: {failure.message}")
+                )
             else:
-                self._again(entry, failure)
+                entry.attempts += 1
+                retry.append(entry)
+        return ended, follow, retry
+
+    def _conclude(
+        self,
+        ended: list[tuple[_Entry, EventKind, str | None]],
+        follow: list[_Entry],
+        retry: list[_Entry],
+    ) -> None:
+        """After a batch call, under one lock: queue the next steps and the retries, end what ended, free the
+        call's slot and take the batches that are ready now; then report the ended messages and send the batches."""
+        now = time.monotonic()
         with self._cond:
+            for entry in follow:
+                self._pending[entry.step].append(entry)
+            for entry in retry:
+                delay = min(self.retry_max_s, self.retry_base_s * 2 ** (entry.attempts - 1))
+                heapq.heappush(self._retry, (now + delay, next(self._seq), entry))
+            live = [(entry, kind, detail) for entry, kind, detail in ended if entry in self._live]
+            self._live.difference_update(entry for entry, _, _ in live)  # not given up on at the deadline
             self._in_flight -= 1
+            batches = self._ready()
+            self._in_flight += len(batches)
             self._cond.notify_all()
+        if live:
+            self.done([(entry.tracked, kind, _detail(entry, kind, detail)) for entry, kind, detail in live])
+        if batches:
+            self._submit(batches)
 
     def _send(self, step: Step, batch: list[_Entry]) -> dict[str, EntryFailure]:
         if step is Step.DELETE:
@@ -274,7 +343,7 @@ class Settler:
         assert target is not None
         return target.send_entries([entry.copy for entry in batch if entry.copy is not None])
 
-    def _resend_trimmed(self, entry: _Entry, failure: EntryFailure) -> None:
+    def _trim(self, entry: _Entry, failure: EntryFailure) -> None:
         """SQS refused the dead-letter copy itself (e.g. body and reason attributes over the size limit): send it
         again with the reason only, rather than leave a poison message to come back for ever."""
         assert entry.copy is not None
@@ -284,41 +353,17 @@ class Settler:
             failure.code,
         )
         entry.copy, entry.trimmed, entry.queued_at = entry.copy.trimmed(), True, time.monotonic()
-        with self._cond:
-            self._pending[Step.SEND].append(entry)
-            self._cond.notify_all()
 
-    def _succeeded(self, entry: _Entry) -> None:
-        if entry.step in _SENDS:  # the copy is safe: now delete the original
-            with self._cond:
-                entry.step, entry.attempts, entry.queued_at = Step.DELETE, 0, time.monotonic()
-                self._pending[Step.DELETE].append(entry)
-                self._cond.notify_all()
-            return
-        self._finish(entry, entry.ends_as, None)
 
-    def _again(self, entry: _Entry, failure: EntryFailure) -> None:
-        entry.attempts += 1
-        if entry.attempts > self.retries:
-            self._finish(
-                entry, EventKind.SETTLE_FAILED, f"{entry.step.value} failed: {failure.code}: {failure.message}"
-            )
-            return
-        delay = min(self.retry_max_s, self.retry_base_s * 2 ** (entry.attempts - 1))
-        with self._cond:
-            heapq.heappush(self._retry, (time.monotonic() + delay, next(self._seq), entry))
-            self._cond.notify_all()
+_SHUTDOWN_DEADLINE = "not settled before the shutdown deadline"
 
-    def _finish(self, entry: _Entry, kind: EventKind, detail: str | None) -> None:
-        if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
-            sent = "re-sent copy" if entry.ends_as is EventKind.RESENT else "dead-letter copy"
-            detail = f"{sent} sent, original not deleted: a duplicate ({detail})"
-        with self._cond:
-            if entry not in self._live:  # already given up on at the shutdown deadline
-                return
-            self._live.discard(entry)
-            self._cond.notify_all()
-        self.done(entry.tracked, kind, detail)
+
+def _detail(entry: _Entry, kind: EventKind, detail: str | None) -> str | None:
+    """A settle failure's reason; a copy that was sent while its original was not deleted is a duplicate."""
+    if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
+        sent = "re-sent copy" if entry.ends_as is EventKind.RESENT else "dead-letter copy"
+        return f"{sent} sent, original not deleted: a duplicate ({detail})"
+    return detail
 
 
 class BatchAcker:
@@ -355,11 +400,11 @@ class BatchAcker:
         self._settler.close(30.0 if timeout_s is None else timeout_s)
         self._supervisor.stop()
 
-    def _done(self, tracked: Tracked, kind: EventKind, detail: str | None) -> None:
-        if kind is EventKind.SETTLE_FAILED:
-            self.failed += 1
-            logger.warning(
-                "Could not delete message %r (it will be redelivered): %s", tracked.message.message_id, detail
-            )
-        else:
-            self.consumer.acked([tracked.message])
+    def _done(self, ended: list[Ended]) -> None:
+        for tracked, kind, detail in ended:
+            if kind is EventKind.SETTLE_FAILED:
+                self.failed += 1
+                logger.warning(
+                    "Could not delete message %r (it will be redelivered): %s", tracked.message.message_id, detail
+                )
+        self.consumer.acked([tracked.message for tracked, kind, _ in ended if kind is not EventKind.SETTLE_FAILED])

@@ -36,7 +36,7 @@ from microbus.consume.lifecycle import (
 )
 from microbus.consume.message import SQSMessage
 from microbus.consume.scheduling import Scheduler
-from microbus.consume.settle import Settler
+from microbus.consume.settle import Ended, Settler
 from microbus.consume.supervision import Supervisor
 from microbus.errors import ConfigurationError, EndpointUnreachableError, FatalError, TransientTransportError
 from microbus.wire.transport import MAX_BATCH
@@ -78,12 +78,14 @@ class Stats:
     settle_failed: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: {outcome.label: 0 for outcome in Outcome})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    observed_kinds: frozenset[EventKind] = field(
+        default=frozenset(EventKind) - {EventKind.STARTED}, init=False, repr=False, compare=False
+    )
+    """The events counted: every one but STARTED."""
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Count one transition."""
         kind = event.kind
-        if kind is EventKind.STARTED:  # the one per-message event not counted
-            return
         with self._lock:
             if kind is EventKind.RECEIVED:
                 self.received += 1
@@ -129,6 +131,9 @@ class LogObserver:
         queue: names the queue in each line.
         log_bodies: add the message's body, bounded (off by default: bodies may hold personal data).
     """
+
+    observed_kinds = frozenset({EventKind.FINISHED, EventKind.SETTLE_FAILED})
+    """The events logged here."""
 
     def __init__(self, *, daemon: str | None = None, queue: str | None = None, log_bodies: bool = False) -> None:
         self.daemon = daemon
@@ -187,6 +192,7 @@ class Worker:
     ) -> None:
         self.consumer = consumer
         self.dispatcher = dispatcher
+        self._queue_url = consumer.queue_url
         self.concurrency = max(1, concurrency)
         fifo = consumer.queue_url.endswith(".fifo")
         self.receivers = max(1, receivers or (1 if fifo else default_receivers(self.concurrency)))
@@ -278,7 +284,7 @@ class Worker:
         self._check_client()
         self._max_attempts = queue_info.max_receive_count
         supervisor = self._supervisor = Supervisor(
-            queue_url=self.consumer.queue_url, observers=self.observers, max_backoff_s=self.max_transport_backoff_s
+            queue_url=self._queue_url, observers=self.observers, max_backoff_s=self.max_transport_backoff_s
         )
         self.heartbeat = VisibilityHeartbeat(
             transport=self.consumer.transport,
@@ -477,13 +483,15 @@ class Worker:
         if admitted and permit.limit is not None:
             self._scheduler.resume()  # the trial message
         batch = [Tracked(message) for message in messages]
-        for tracked in batch:
-            self.observers.emit(tracked.event(EventKind.RECEIVED, self.consumer.queue_url))
-            self.heartbeat.track(tracked)
-            if not admitted:
+        if self.observers.wants(EventKind.RECEIVED):
+            for tracked in batch:
+                self.observers.emit(tracked.event(EventKind.RECEIVED, self._queue_url))
+        self.heartbeat.track(*batch)
+        if not admitted:
+            for tracked in batch:
                 self._release(tracked)
-        if admitted:
-            self._enqueue(batch)
+            return
+        self._enqueue(batch)
 
     # The circuit breaker
 
@@ -509,7 +517,7 @@ class Worker:
             CircuitState.HALF_OPEN: EventKind.CIRCUIT_HALF_OPENED,
             CircuitState.CLOSED: EventKind.CIRCUIT_CLOSED,
         }[state]
-        event = LifecycleEvent(kind=kind, queue_url=self.consumer.queue_url, at=time.monotonic(), detail=why)
+        event = LifecycleEvent(kind=kind, queue_url=self._queue_url, at=time.monotonic(), detail=why)
         self.observers.emit(event)
 
     # Scheduling: a lock-protected scheduler; sync handlers on handler threads, async ones on the loop
@@ -557,14 +565,22 @@ class Worker:
             self._release(tracked)
         self._start(startable)
 
-    def _start(self, startable: list[Tracked]) -> None:
+    def _start(self, startable: list[Tracked], *, keep: bool = False) -> Tracked | None:
+        """Start messages: async ones on the loop, sync ones on the handler threads. ``keep`` (a handler thread
+        asking): the first sync one is returned for the caller to run, without a hand-off to another thread."""
+        kept: Tracked | None = None
+        started = self.observers.wants(EventKind.STARTED)
         for tracked in startable:
-            self.observers.emit(tracked.event(EventKind.STARTED, self.consumer.queue_url))
+            if started:
+                self.observers.emit(tracked.event(EventKind.STARTED, self._queue_url))
             if self.dispatcher.is_async(tracked.message):
                 if not self._call_soon(self._start_task, tracked):
                     self._finished(tracked, runtime_error(tracked.message, RuntimeError("event loop closed")))
+            elif keep and kept is None:
+                kept = tracked
             else:
                 self._work.put(tracked)
+        return kept
 
     def _start_task(self, tracked: Tracked) -> None:
         assert self._loop is not None
@@ -573,20 +589,24 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     def _handler_thread(self) -> None:
-        """One of ``concurrency`` handler threads: run sync handlers until the worker shuts down."""
+        """One of ``concurrency`` handler threads: run sync handlers until the worker shuts down; after each, run
+        the next startable message here rather than hand it to another thread."""
+        tracked: Tracked | None
         while (tracked := self._work.get()) is not None:
-            try:
-                result = self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
-            except FatalError as exc:
-                self._fatal(tracked, exc)
-                continue
-            except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
-                logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
-                result = runtime_error(tracked.message, exc)
-            try:
-                self._finished(tracked, result)
-            except Exception:  # a bug in settling or an observer: log it, keep the thread
-                logger.exception("Unexpected error finishing message %r", tracked.message.message_id)
+            while tracked is not None:
+                tracked = self._run_sync(tracked)
+
+    def _run_sync(self, tracked: Tracked) -> Tracked | None:
+        """Handle one message and finish it; return the next message this thread is to run, if any."""
+        try:
+            result = self.dispatcher.handle(tracked.message, max_attempts=self._max_attempts)
+        except FatalError as exc:
+            self._fatal(tracked, exc)
+            return None
+        except BaseException as exc:  # the dispatcher never raises for handlers; anything else is a bug
+            logger.exception("Unexpected error handling message %r; it will be retried", tracked.message.message_id)
+            result = runtime_error(tracked.message, exc)
+        return self._finished(tracked, result, keep=True)
 
     async def _run_async(self, tracked: Tracked) -> None:
         try:
@@ -605,25 +625,30 @@ class Worker:
             self.fatal_error = error
         result = runtime_error(tracked.message, error)
         result.reason = "fatal-error"
-        self.observers.emit(
-            tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
-        )
+        self.observers.emit(tracked.event(EventKind.FINISHED, self._queue_url, outcome=result.outcome, result=result))
         self.stop()  # first: the scheduler starts nothing more, the waiting messages go back
         _, later = self._scheduler.finished(tracked, retried=True)
         for each in (tracked, *later):
             self._release(each)
 
-    def _finished(self, tracked: Tracked, result: Result) -> None:
+    def _finished(self, tracked: Tracked, result: Result, *, keep: bool = False) -> Tracked | None:
+        """A handler ended: report it, settle its message, return the group's later ones, start what may start
+        (``keep``: returns the next message for the calling handler thread)."""
         tracked.result = result
-        self.observers.emit(
-            tracked.event(EventKind.FINISHED, self.consumer.queue_url, outcome=result.outcome, result=result)
-        )
+        if self.observers.wants(EventKind.FINISHED):
+            self.observers.emit(
+                tracked.event(EventKind.FINISHED, self._queue_url, outcome=result.outcome, result=result)
+            )
         retried = result.outcome.action is Action.RETRY
         startable, later = self._scheduler.finished(tracked, retried=retried)
-        self._settle(tracked, result)
+        try:
+            self._settle(tracked, result)
+        except Exception as exc:  # a bug: the message must not stay held (and extended) for ever
+            logger.exception("Unexpected error settling message %r; it will reappear", tracked.message.message_id)
+            self._settled([(tracked, EventKind.SETTLE_FAILED, f"settling failed: {exc!r:.200}")])
         for each in later:  # SQS holds the group back while the failed one is in flight: order holds
             self._release(each)
-        self._start(startable)
+        return self._start(startable, keep=keep)
 
     # Settling
 
@@ -663,26 +688,34 @@ class Worker:
         try:  # after the shutdown's settling: return it directly
             failures = self.consumer.transport.change_visibility_entries([(tracked.message.receipt_handle, 0)])
         except Exception as exc:
-            self._settled(tracked, EventKind.SETTLE_FAILED, f"release failed: {exc}")
+            self._settled([(tracked, EventKind.SETTLE_FAILED, f"release failed: {exc}")])
             return
         failure = failures.get(tracked.message.receipt_handle)
         if failure is None:
-            self._settled(tracked, EventKind.RELEASED, None)
+            self._settled([(tracked, EventKind.RELEASED, None)])
         else:
-            self._settled(tracked, EventKind.SETTLE_FAILED, f"release refused: {failure.code}")
+            self._settled([(tracked, EventKind.SETTLE_FAILED, f"release refused: {failure.code}")])
 
-    def _settled(self, tracked: Tracked, kind: EventKind, detail: str | None) -> None:
-        """The end of a message's lifecycle, called once (from the settling threads)."""
-        if not tracked.advance(MessageState.SETTLED):
+    def _settled(self, ended: list[Ended]) -> None:
+        """The end of messages' lifecycles (a settle batch's at once): each message's first end counts, once."""
+        done = [(tracked, kind, detail) for tracked, kind, detail in ended if tracked.advance(MessageState.SETTLED)]
+        if not done:
             return
         if self.heartbeat is not None:
-            self.heartbeat.untrack(tracked)
-        self.observers.emit(tracked.event(kind, self.consumer.queue_url, detail=detail))
-        if kind is EventKind.SETTLED and tracked.result is not None and tracked.result.outcome.action is Action.ACK:
-            self.consumer.acked([tracked.message])  # deleted: now its offloaded payload may go too
+            self.heartbeat.untrack(*(tracked for tracked, _, _ in done))
+        deleted: list[SQSMessage] = []
+        for tracked, kind, detail in done:
+            if self.observers.wants(kind):
+                self.observers.emit(tracked.event(kind, self._queue_url, detail=detail))
+            result = tracked.result
+            if kind is EventKind.SETTLED and result is not None and result.outcome.action is Action.ACK:
+                deleted.append(tracked.message)
+        if deleted:
+            self.consumer.acked(deleted)  # deleted: now their offloaded payloads may go too
         with self._cond:
-            self._held -= 1
-            if self.capacity - self._held == self._wanted:  # a receive batch fits again
+            free = self.capacity - self._held
+            self._held -= len(done)
+            if free < self._wanted <= free + len(done):  # a receive batch fits again
                 self._cond.notify_all()
 
 

@@ -27,10 +27,11 @@ class Outcomes:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def __call__(self, tracked, kind, detail):
+    def __call__(self, ended):
         with self._lock:
-            self.calls += 1
-            self.done[tracked.message.message_id] = (kind, detail)
+            for tracked, kind, detail in ended:
+                self.calls += 1
+                self.done[tracked.message.message_id] = (kind, detail)
 
 
 def settler(queue: StubQueue, outcomes: Outcomes, **options) -> tuple[Settler, Supervisor]:
