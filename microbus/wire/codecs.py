@@ -19,6 +19,7 @@ Fields a schema does not declare:
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -214,6 +215,24 @@ def merge_content(dct: Mapping[str, Any] | None, kwargs: Mapping[str, Any], *, m
     return content
 
 
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed: takes a decoder
+"""The scanner of a decoder like ``json.loads``'s (no hooks, the default options)."""
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``; a text that is one JSON object, without whitespace around it, straight through the
+    decoder's scanner (``json.loads`` spends five times the scan around it: two whitespace regexes, checks). Any
+    other text, and any error, is ``json.loads``'s."""
+    if text[:1] == "{":
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:
+            return json.loads(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
 def parse_json_object(text: str) -> dict[str, Any]:
     """Parse text that must hold a JSON object.
 
@@ -221,7 +240,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
         MalformedBodyError: it is not JSON, or not an object.
     """
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedBodyError(f"Message body is not JSON (or nested too deeply): {type(exc).__name__}") from exc
     if not isinstance(value, dict):

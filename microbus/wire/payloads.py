@@ -81,7 +81,9 @@ def size_attribute(size: int) -> dict[str, dict[str, str]]:
 
 def is_offloaded(message_attributes: Any) -> bool:
     """Whether message attributes (SQS form, or the SNS envelope's ``Type``/``Value`` form) mark an offloaded body."""
-    return isinstance(message_attributes, dict) and any(name in message_attributes for name in _SIZE_ATTRIBUTES)
+    if not message_attributes or not isinstance(message_attributes, dict):  # most messages carry no attributes
+        return False
+    return any(name in message_attributes for name in _SIZE_ATTRIBUTES)
 
 
 class S3PayloadStore:

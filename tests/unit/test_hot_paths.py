@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from microbus.reference.schemas import OrderPlaced
@@ -13,9 +19,16 @@ from microbus import HandlerRegistry, SQSMessageDispatcher
 from microbus.consume.dispatch import RECORD_FIELDS, log_result, runtime_error
 from microbus.consume.lifecycle import EventKind, LifecycleEvent, Tracked
 from microbus.consume.message import SQSMessage
+from microbus.consume.records import RecordTemplate
 from microbus.testing import StubQueue
 from microbus.wire import tracecontext
-from microbus.wire.context import build_context, current_cid, current_message_context, message_context
+from microbus.wire.context import (
+    MessageContext,
+    build_context,
+    current_cid,
+    current_message_context,
+    message_context,
+)
 
 
 def received(body: dict[str, object]) -> SQSMessage:
@@ -178,3 +191,201 @@ def test_a_message_s_event_is_the_same_immutable_event_as_one_built_by_its_const
     assert [getattr(event, name) for name in names] == [getattr(expected, name) for name in names]
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.detail = "changed"  # type: ignore[misc]
+
+
+def test_an_outcome_record_has_the_attributes_makerecord_gives_it(monkeypatch):
+    # Given the clock stopped, so that the two records are made at the same instant
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.999_5)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_999_500_000)
+    logger = logging.getLogger("microbus.test.records")
+    template = RecordTemplate(logger, level=logging.WARNING, pathname=__file__, func="f", msg="%s and %r")
+    exc_info = (ValueError, ValueError("x"), None)
+    # When a record is made from the template and one by makeRecord
+    made = template.record(("a", "b"), exc_info, {"microbus": {"outcome": "FAILED"}})
+    expected = logger.makeRecord(
+        logger.name,
+        logging.WARNING,
+        __file__,
+        0,
+        "%s and %r",
+        ("a", "b"),
+        exc_info,
+        "f",
+        {"microbus": {"outcome": "FAILED"}},
+    )
+    # Then they are alike: same class, same attributes in the same order, same values
+    assert type(made) is type(expected) is logging.LogRecord
+    assert list(vars(made)) == list(vars(expected))
+    assert vars(made) == vars(expected)
+    assert made.getMessage() == "a and 'b'"
+
+
+def test_an_outcome_record_is_timed_now_and_names_the_thread_it_is_made_in():
+    logger = logging.getLogger("microbus.test.records")
+    template = RecordTemplate(logger, level=logging.INFO, pathname=__file__, func="f", msg="m")
+    made: list[logging.LogRecord] = []
+    thread = threading.Thread(target=lambda: made.append(template.record((), None, {})), name="records-thread")
+    before = time.time()
+    thread.start()
+    thread.join()
+    after = time.time()
+    [record] = made
+    expected = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "m", (), None, "f")
+    assert before <= record.created <= after
+    assert record.msecs == int((record.created - int(record.created)) * 1000)
+    assert abs(record.relativeCreated - expected.relativeCreated) < (expected.created - before + 1) * 1000
+    assert record.threadName == "records-thread" and record.thread == thread.ident
+    assert (record.process, record.processName) == (expected.process, expected.processName)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="records name their asyncio task from Python 3.12")
+def test_an_outcome_record_made_in_an_asyncio_task_names_the_task():
+    logger = logging.getLogger("microbus.test.records")
+    template = RecordTemplate(logger, level=logging.INFO, pathname=__file__, func="f", msg="m")
+
+    async def in_task() -> tuple[object, object]:
+        return template.record((), None, {}).taskName, logger.makeRecord("n", 20, "p", 0, "m", (), None).taskName
+
+    made, expected = asyncio.run(in_task())
+    assert made == expected and isinstance(made, str)
+    assert template.record((), None, {}).taskName is None
+
+
+def test_a_custom_log_record_factory_makes_the_outcome_records(caplog):
+    # Given a record factory that marks its records
+    standard = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = standard(*args, **kwargs)
+        record.marked = True
+        return record
+
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None}))
+    result = dispatcher.handle(message)
+    logging.setLogRecordFactory(factory)
+    try:
+        # When an outcome is logged
+        with caplog.at_level(logging.INFO, logger="microbus.consume.dispatch"):
+            log_result(result, message=message, daemon="d", queue="q")
+    finally:
+        logging.setLogRecordFactory(standard)
+    # Then the factory made its record, with the outcome's fields
+    [record] = caplog.records
+    assert record.marked is True
+    assert getattr(record, RECORD_FIELDS)["outcome"] == "SUCCEEDED"
+    assert record.funcName == "log_result" and record.module == "dispatch"
+
+
+def test_a_logger_class_s_own_makerecord_makes_the_records():
+    class Marking(logging.Logger):
+        def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:  # noqa: N802 - logging's name
+            record = super().makeRecord(*args, **kwargs)
+            record.marked = True
+            return record
+
+    template = RecordTemplate(Marking("marking"), level=logging.INFO, pathname=__file__, func="f", msg="m")
+    record = template.record(("a",), None, {"microbus": {}})
+    assert record.marked is True and record.args == ("a",) and record.microbus == {}
+
+
+def test_without_a_tracer_provider_the_provider_is_not_looked_up_per_message(otel_trace, monkeypatch):
+    trace = otel_trace
+    message = received({"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "o-1"})
+    assert tracecontext._recording() is None
+    # When messages are handled while no provider is set
+    lookups: list[int] = []
+    real = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: lookups.append(1) or real())
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: lambda c: None}))
+    dispatcher.handle(message)
+    dispatcher.handle(message)
+    # Then neither the provider nor the environment is looked up (get_tracer_provider reads the environment)
+    assert lookups == []
+    assert tracecontext._recording() is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"mediaType": "a/b", "n": 1.5, "s": "\\u00e9\\ud800", "l": [true, null]}',
+        ' {"a": 1}',
+        '{"a": 1}\n',
+        '{"a": 1}{"b": 2}',
+        '{"a": 1} x',
+        "{",
+        '{"a": NaN, "b": -Infinity}',
+        "[1]",
+        '"text"',
+        "",
+        "{}",
+        "{" * 100_000,
+        '{"a": "' + "\x00" + '"}',
+    ],
+)
+def test_a_body_is_parsed_as_json_loads_parses_it(text):
+    from microbus.errors import MalformedBodyError
+    from microbus.wire.codecs import _loads, parse_json_object
+
+    try:
+        expected: object = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        expected = type(exc)
+    try:
+        parsed: object = _loads(text)
+    except (ValueError, RecursionError) as exc:
+        parsed = type(exc)
+    assert parsed == expected
+    if not isinstance(expected, dict):
+        with pytest.raises(MalformedBodyError):
+            parse_json_object(text)
+
+
+def test_the_contexts_and_envelopes_built_per_message_equal_the_ones_their_constructors_build():
+    from microbus.wire.envelope import Unwrapped, unwrap
+
+    context = build_context({"X-Request-Id": "r", "x-request-ttl": "oops", 3: "x"}, fallback_cid="c")
+    assert context == MessageContext(
+        cid="c",
+        forwarded={"x-request-id": "r", "x-microbus-cid": "c", "x-request-ttl": "31"},
+        ttl=31,
+        skipped=(),
+        malformed_ttl="'oops'",
+    )
+    assert list(vars(context)) == [field.name for field in dataclasses.fields(MessageContext)]
+    raw = unwrap('{"mediaType": "a/b"}')
+    assert raw == Unwrapped({"mediaType": "a/b"})
+    envelope = {
+        "Type": "Notification",
+        "TopicArn": "arn:t",
+        "MessageId": "sns-1",
+        "Message": '{"mediaType": "a/b"}',
+        "Timestamp": "2024-01-01T00:00:00.000Z",
+        "MessageAttributes": {"k": {"Type": "String", "Value": "v"}},
+    }
+    enveloped = unwrap(json.dumps(envelope))
+    assert enveloped == Unwrapped({"mediaType": "a/b"}, "arn:t", "sns-1", 1704067200.0, {"k": "v"})
+    for value in (context, raw, enveloped):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.cid = "changed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "ttl"),
+    [
+        ("31", 31),
+        ("0", 0),
+        ("1" * 18, int("1" * 18)),
+        ("1" * 19, None),
+        ("\u0663\u0661", 31),  # Arabic-Indic digits: \d and int() take them
+        ("\u00b2", None),  # a superscript two is a digit, not a decimal: \d and int() refuse it
+        (" +5 ", 5),
+        ("-3", -3),
+        ("", None),
+        ("3.0", None),
+    ],
+)
+def test_a_ttl_is_read_as_the_pattern_reads_it(text, ttl):
+    from microbus.wire.context import parse_ttl
+
+    assert parse_ttl(text) == ttl
