@@ -109,6 +109,9 @@ class Settler:
         self._live: set[_Entry] = set()
         """Entries whose settling has not ended: pending, scheduled for a retry, or in a call."""
         self._closing = False
+        self._wake_at = 0.0
+        """When the waiting flusher wakes by itself (0 while it is not waiting): an entry due later needs no
+        notify."""
         self._cond = threading.Condition()
         self._pool = DaemonThreadPool(self.max_in_flight, name="microbus-settle")
         supervisor.start("settling", self._step)
@@ -172,7 +175,9 @@ class Settler:
             if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
                 batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
                 self._in_flight += bool(batch)
-            if len(pending) == 1 or (len(pending) >= MAX_BATCH and not batch):  # starts a timer, or waits a slot
+            if len(pending) >= MAX_BATCH and not batch:  # waits for a slot: the flusher sends it when one frees
+                self._cond.notify_all()
+            elif len(pending) == 1 and self._wake_at > entry.queued_at + self.max_delay_s:  # starts a timer
                 self._cond.notify_all()
         if batch:
             self._submit([(entry.step, batch)])
@@ -197,7 +202,10 @@ class Settler:
                 if batches or self.supervisor.stopping:
                     self._in_flight += len(batches)
                     return batches
-                self._cond.wait(self._next_wakeup())
+                wait = self._next_wakeup()
+                self._wake_at = time.monotonic() + wait
+                self._cond.wait(wait)
+                self._wake_at = 0.0
 
     def _promote_due_retries(self) -> None:
         now = time.monotonic()
@@ -328,7 +336,8 @@ class Settler:
             self._in_flight -= 1
             batches = self._ready()
             self._in_flight += len(batches)
-            self._cond.notify_all()
+            if follow or retry or self._closing:  # work for the flusher, or close() waiting for the last ends
+                self._cond.notify_all()
         try:
             if live:
                 self.done([(entry.tracked, kind, _detail(entry, kind, detail)) for entry, kind, detail in live])
