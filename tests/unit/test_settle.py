@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -194,4 +195,42 @@ def test_a_call_still_out_at_the_deadline_is_given_up_and_its_late_answer_ignore
     queue.answer.set()
     wait_for(lambda: queue.depth == 0, timeout_s=5, what="the late delete")
     assert outcomes.calls == 1
+    supervisor.stop()
+
+
+@pytest.mark.timeout(60)
+def test_deletes_from_many_threads_with_slow_calls_all_settle_once_and_lone_ones_are_not_left_waiting():
+    # Given a queue whose delete calls take 20 ms, and a settler with 2 calls in flight at most
+    class Slow(StubQueue):
+        def delete_batch(self, handles):
+            threading.Event().wait(0.02)
+            return super().delete_batch(handles)
+
+    queue, outcomes = Slow(), Outcomes()
+    messages = held(queue, 400)
+    s, supervisor = settler(queue, outcomes, max_in_flight=2, max_delay_s=0.05)
+    # When 4 threads ask for the deletes at once, in bursts (full batches wait for a slot) ...
+    chunks = [messages[i::4] for i in range(4)]
+
+    def add(chunk):
+        for tracked in chunk:
+            s.delete(tracked)
+
+    threads = [threading.Thread(target=add, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then every message is deleted and reported exactly once
+    wait_for(lambda: len(outcomes.done) == 400, timeout_s=20, what="400 deletes")
+    assert outcomes.calls == 400 and queue.depth == 0
+    # And lone deletes asked for one by one, each while the flusher sleeps its idle second, go out within their
+    # delay (plus the call), not at the flusher's next idle wake-up
+    for tracked in held(queue, 3):
+        wait_for(lambda: s._wake_at > time.monotonic() + 0.5, timeout_s=5, what="the flusher asleep, idle")
+        asked = time.monotonic()
+        s.delete(tracked)
+        wait_for(lambda: tracked.message.message_id in outcomes.done, timeout_s=2, what="a lone delete")
+        assert time.monotonic() - asked < 0.5
+    assert s.close(1.0) == 0 and outcomes.calls == 403
     supervisor.stop()
