@@ -230,7 +230,7 @@ def test_deletes_from_many_threads_with_slow_calls_all_settle_once_and_lone_ones
         wait_for(lambda: s._wake_at > time.monotonic() + 0.5, timeout_s=5, what="the flusher asleep, idle")
         asked = time.monotonic()
         s.delete(tracked)
-        wait_for(lambda: tracked.message.message_id in outcomes.done, timeout_s=2, what="a lone delete")
+        wait_for(lambda m=tracked.message.message_id: m in outcomes.done, timeout_s=2, what="a lone delete")
         assert time.monotonic() - asked < 0.5
     assert s.close(1.0) == 0 and outcomes.calls == 403
     supervisor.stop()
