@@ -60,6 +60,8 @@ class _Entry:
     trimmed: bool = False
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
+    in_call: bool = False
+    """Its batch call is out (a copy in flight may still land after the call is given up on)."""
 
     @property
     def key(self) -> str:
@@ -263,6 +265,8 @@ class Settler:
 
     def _call(self, step: Step, batch: list[_Entry]) -> None:
         """One batch call, then each entry's next step: done, the delete after a send, a retry, or given up."""
+        for entry in batch:
+            entry.in_call = True
         try:
             failures = self._send(step, batch)
         except Exception as exc:  # a transport fault, or anything else: retry the whole batch
@@ -272,8 +276,9 @@ class Settler:
                 entry.key: EntryFailure(type(exc).__name__, str(exc)[:200], sender_fault=False) for entry in batch
             }
         finally:
-            if step is Step.VISIBILITY:
-                for entry in batch:
+            for entry in batch:
+                entry.in_call = False
+                if step is Step.VISIBILITY:
                     entry.tracked.release_wire()
         try:
             ended, follow, retry = self._sort(step, batch, failures)
@@ -370,10 +375,14 @@ _SHUTDOWN_DEADLINE = "not settled before the shutdown deadline"
 
 
 def _detail(entry: _Entry, kind: EventKind, detail: str | None) -> str | None:
-    """A settle failure's reason; a copy that was sent while its original was not deleted is a duplicate."""
-    if kind is EventKind.SETTLE_FAILED and entry.copy is not None and entry.step is Step.DELETE:
-        sent = "re-sent copy" if entry.ends_as is EventKind.RESENT else "dead-letter copy"
+    """A settle failure's reason; a copy that was (or may yet be) sent while its original stays is a duplicate."""
+    if kind is not EventKind.SETTLE_FAILED or entry.copy is None:
+        return detail
+    sent = "re-sent copy" if entry.ends_as is EventKind.RESENT else "dead-letter copy"
+    if entry.step is Step.DELETE:
         return f"{sent} sent, original not deleted: a duplicate ({detail})"
+    if entry.in_call:
+        return f"{sent} still in flight, original not deleted: the copy may arrive too, a duplicate ({detail})"
     return detail
 
 

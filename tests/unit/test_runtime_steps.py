@@ -3,8 +3,11 @@ must not leave a message held for ever, and the settle pool's threads surviving 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from datetime import UTC, datetime
 
 import pytest
 from microbus.reference.schemas import OrderPlaced
@@ -13,6 +16,7 @@ from microbus import EventKind, HandlerRegistry, SchemaRegistry, SQSMessageDispa
 from microbus.consume.lifecycle import LifecycleEvent, Observers
 from microbus.consume.threads import DaemonThreadPool
 from microbus.testing import StubQueue, wait_for
+from microbus.wire.delivery import DELIVER_AT_KEY, format_due
 
 
 class Kinds:
@@ -127,3 +131,53 @@ def test_the_settle_pool_logs_a_raising_call_and_keeps_running_the_next(caplog):
     pool.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(ran.set)
+
+
+class Ends:
+    """Keeps each message's terminal event kind and detail."""
+
+    observed_kinds = frozenset({EventKind.SETTLED, EventKind.RESENT, EventKind.SETTLE_FAILED})
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[EventKind, str | None]] = []
+
+    def on_event(self, event: LifecycleEvent) -> None:
+        self.ends.append((event.kind, event.detail))
+
+
+@pytest.mark.timeout(60)
+def test_a_re_send_still_in_flight_at_shutdown_keeps_the_original_and_says_its_copy_may_arrive_too():
+    # Given a message due in a minute (deferred by a re-send with a delay) and a send call that hangs
+    class HangingSend(StubQueue):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.sending, self.gate = threading.Event(), threading.Event()
+
+        def send_entries(self, messages):
+            self.sending.set()
+            self.gate.wait(30)
+            return super().send_entries(messages)
+
+    queue = HangingSend()
+    due = format_due(datetime.fromtimestamp(time.time() + 60, tz=UTC))
+    original = queue.put(
+        {"mediaType": OrderPlaced.MEDIA_TYPE, "order_id": "later", "opaqueData": {DELIVER_AT_KEY: due}}
+    )
+    handled: list[object] = []
+    worker = worker_for(queue, handled.append, grace_period_s=0)
+    ends = Ends()
+    worker.observers.add(ends)
+    worker.start()
+    wait_for(queue.sending.is_set, timeout_s=10, what="the re-send to go out")
+    # When the worker stops while the copy's call is still out (settling gets at least 5 s, then gives up)
+    worker.stop()
+    worker.join()
+    # Then the message's settling failed, saying the copy may still arrive; the original was not deleted
+    ((kind, detail),) = ends.ends
+    assert kind is EventKind.SETTLE_FAILED
+    assert detail is not None and "re-sent copy still in flight" in detail and "may arrive too" in detail
+    assert original not in queue.deleted and queue.depth == 1 and not handled
+    # And when the late call lands, the copy is there beside the original: a duplicate, nothing lost
+    queue.gate.set()
+    wait_for(lambda: len(queue.dead_letters) == 1, timeout_s=5, what="the late copy")  # the stub's send()
+    assert json.loads(queue.dead_letters[0][0])["order_id"] == "later" and queue.depth == 1
