@@ -19,12 +19,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from types import FrameType
 
 from microbus.consume.breaker import CircuitBreaker, CircuitState, ReceivePermit
 from microbus.consume.consumer import QueueInfo, SQSConsumer
-from microbus.consume.dispatch import Action, Outcome, Result, SQSMessageDispatcher, log_result, runtime_error
+from microbus.consume.dispatch import Action, Result, SQSMessageDispatcher, runtime_error
 from microbus.consume.heartbeat import SQS_MAX_HOLD_S, VisibilityHeartbeat
 from microbus.consume.lifecycle import (
     EventKind,
@@ -35,6 +34,7 @@ from microbus.consume.lifecycle import (
     Tracked,
 )
 from microbus.consume.message import SQSMessage
+from microbus.consume.observers import LogObserver, Stats
 from microbus.consume.scheduling import Scheduler
 from microbus.consume.settle import Ended, Settler
 from microbus.consume.supervision import Supervisor
@@ -64,90 +64,6 @@ _NO_LIMIT = ReceivePermit(None, 0)
 
 PREFETCH_PER_RECEIVER = 2 * MAX_BATCH
 """Default prefetch per receive in flight: one batch being received while the last one is settled."""
-
-
-@dataclass
-class Stats:
-    """Counters of one worker, kept as a lifecycle observer; safe to read from other threads."""
-
-    received: int = 0
-    released: int = 0
-    settled: int = 0
-    resent: int = 0
-    """Deferred messages re-sent as fresh copies (settled too; not handled)."""
-    settle_failed: int = 0
-    outcomes: dict[str, int] = field(default_factory=lambda: {outcome.label: 0 for outcome in Outcome})
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    observed_kinds: frozenset[EventKind] = field(
-        default=frozenset(EventKind) - {EventKind.STARTED}, init=False, repr=False, compare=False
-    )
-    """The events counted: every one but STARTED."""
-
-    def on_event(self, event: LifecycleEvent) -> None:
-        """Count one transition."""
-        kind = event.kind
-        with self._lock:
-            if kind is EventKind.RECEIVED:
-                self.received += 1
-            elif kind is EventKind.FINISHED:
-                if event.outcome is not None:
-                    self.outcomes[event.outcome.label] += 1
-            elif kind is EventKind.SETTLED or kind is EventKind.DEAD_LETTERED:
-                self.settled += 1
-            elif kind is EventKind.RELEASED:
-                self.released += 1
-            elif kind is EventKind.RESENT:
-                self.settled += 1
-                self.resent += 1
-            elif kind is EventKind.SETTLE_FAILED:
-                self.settle_failed += 1
-
-    @property
-    def in_flight(self) -> int:
-        """Messages received and not yet settled (waiting, running or settling)."""
-        return self.received - self.settled - self.released - self.settle_failed
-
-    @property
-    def handled(self) -> int:
-        """Messages whose handler returned (succeeded, skipped or ignored)."""
-        return sum(self.outcomes[o.label] for o in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.IGNORED))
-
-    @property
-    def dead_lettered(self) -> int:
-        """Messages sent to the dead-letter queue (or left to its redrive policy)."""
-        return self.outcomes[Outcome.EXPIRED.label] + self.outcomes[Outcome.REJECTED.label]
-
-    @property
-    def failed(self) -> int:
-        """Handler failures that were scheduled for retry."""
-        return self.outcomes[Outcome.FAILED.label] + self.outcomes[Outcome.RETRIED.label]
-
-
-class LogObserver:
-    """One line per finished message (at its outcome's level, never the body), and one per settle failure.
-
-    Parameters:
-        daemon: names the daemon in each line.
-        queue: names the queue in each line.
-        log_bodies: add the message's body, bounded (off by default: bodies may hold personal data).
-    """
-
-    observed_kinds = frozenset({EventKind.FINISHED, EventKind.SETTLE_FAILED})
-    """The events logged here."""
-
-    def __init__(self, *, daemon: str | None = None, queue: str | None = None, log_bodies: bool = False) -> None:
-        self.daemon = daemon
-        self.queue = queue
-        self.log_bodies = log_bodies
-
-    def on_event(self, event: LifecycleEvent) -> None:
-        """Log the transitions worth a line."""
-        if event.kind is EventKind.FINISHED and event.result is not None:
-            log_result(
-                event.result, message=event.message, daemon=self.daemon, queue=self.queue, with_body=self.log_bodies
-            )
-        elif event.kind is EventKind.SETTLE_FAILED:
-            logger.warning("Message %r not settled (%s); it will be redelivered", event.message_id, event.detail)
 
 
 class Worker:
