@@ -564,13 +564,14 @@ def log_result(
     the attempt (receive count), the outcome and the handler's elapsed time; the record carries the same as a
     dict in its ``microbus`` attribute (:data:`RECORD_FIELDS`). A handler's exception comes with its traceback
     on the first attempt (at the outcome's level, WARNING), and on later attempts only when DEBUG is enabled.
-    Values from the wire (media type, SNS id, cid, reason, error text) are bounded (:func:`log_text`). The
+    Values from the wire (media type, SQS and SNS ids, cid, reason, error text) are bounded (:func:`log_text`). The
     body is left out unless ``with_body`` (then it is bounded to :data:`_BODY_LIMIT` characters).
     """
     level = result.outcome.level
     if not logger.isEnabledFor(level):
         return
     media_type = log_text(result.media_type) if result.media_type is not None else None
+    message_id = result.message_id if len(result.message_id) <= _ID_LIMIT else log_text(result.message_id, _ID_LIMIT)
     sns_message_id = cid = body = None
     if message is not None:
         sns_message_id = _bounded(message.sns_message_id)
@@ -583,7 +584,7 @@ def log_result(
         "daemon": daemon,
         "queue": queue,
         "media_type": media_type,
-        "message_id": result.message_id,
+        "message_id": message_id,
         "sns_message_id": sns_message_id,
         "cid": cid,
         "attempt": result.receive_count,
@@ -603,7 +604,7 @@ def log_result(
     args = (
         result.outcome.label,
         media_type,
-        result.message_id,
+        message_id,
         result.receive_count,
         result.elapsed_s,
         tail,

@@ -123,6 +123,19 @@ def test_the_outcome_line_bounds_media_type_reason_and_error(caplog):
     assert f"({len(HUGE)} chars)" in line and "(100000 chars)" in line
 
 
+def test_the_outcome_line_bounds_the_message_id_too(caplog):
+    # An SQS id is at most 100 characters; one from elsewhere (a stub, a relayed record) may not be
+    result = Result(Outcome.SUCCEEDED, media_type="application/x", message_id="m" * 50_000, receive_count=1)
+    caplog.set_level(logging.DEBUG, logger="microbus")
+    log_result(result)
+    (record,) = caplog.records
+    assert len(record.getMessage()) < 400 and "(50000 chars)" in record.getMessage()
+    assert record.microbus["message_id"].endswith("(50000 chars)")
+    caplog.clear()
+    log_result(Result(Outcome.SUCCEEDED, media_type="application/x", message_id="m-1", receive_count=1))
+    assert "id='m-1'" in caplog.records[0].getMessage()
+
+
 def test_a_worker_over_a_huge_unknown_media_type_logs_no_line_longer_than_1000_characters(caplog):
     # Given a queue holding a message with a 250 KiB unknown media type, beside a good one
     queue = StubQueue()
