@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from microbus.errors import MicrobusError, QueueNotFoundError
 from microbus.ops.dashboard_source import DashboardSource, LiveSource, TimedCache
 from microbus.ops.scrape import handled_by_media_type, read_endpoints
+from microbus.ops.serving import BoundedThreadingHTTPServer
 from microbus.wire.sanitize import log_text, one_line
 from microbus.wire.transport import is_loopback_endpoint
 
@@ -162,10 +163,10 @@ def _static(name: str) -> bytes:
     return (resources.files("microbus.ops") / "static" / name).read_bytes()
 
 
-class DashboardServer(ThreadingHTTPServer):
-    """The dashboard over HTTP: ``DashboardServer(dashboard, host="127.0.0.1", port=0)``; ``url`` says where."""
+class DashboardServer(BoundedThreadingHTTPServer):
+    """The dashboard over HTTP: ``DashboardServer(dashboard, host="127.0.0.1", port=0)``; ``url`` says where. At most
+    :data:`~microbus.ops.serving.MAX_CONNECTIONS` connections at once (one more is answered 503)."""
 
-    daemon_threads = True
     block_on_close = False
 
     def __init__(self, dashboard: Dashboard, *, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -17,10 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 from microbus.errors import ConfigurationError
+from microbus.ops.serving import BoundedThreadingHTTPServer
 
 if TYPE_CHECKING:
     from microbus.consume.worker import Worker
@@ -93,7 +94,8 @@ class Health:
 
 
 class OpsServer:
-    """Serves ``/metrics``, ``/health`` and ``/ready`` on ``host:port`` (port 0: any free port) in threads.
+    """Serves ``/metrics``, ``/health`` and ``/ready`` on ``host:port`` (port 0: any free port) in threads, at most
+    :data:`~microbus.ops.serving.MAX_CONNECTIONS` connections at once (one more is answered 503).
 
     Raises:
         ConfigurationError: the address cannot be bound (in use, or not on this machine).
@@ -103,7 +105,7 @@ class OpsServer:
         self.health = health
         self.metrics = metrics
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler(self))
+            self._server = BoundedThreadingHTTPServer((host, port), _handler(self))
         except OSError as exc:
             raise ConfigurationError(f"Cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
         self._server.daemon_threads = True
