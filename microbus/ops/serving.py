@@ -23,6 +23,8 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
     """A :class:`~http.server.ThreadingHTTPServer` serving at most ``max_connections`` connections at once."""
 
     daemon_threads = True
+    request_queue_size = MAX_CONNECTIONS
+    """The listen backlog (socketserver's 5 made a burst of connections wait on SYN retries)."""
 
     def __init__(self, address: tuple[str, int], handler: Any, *, max_connections: int = MAX_CONNECTIONS) -> None:
         self.max_connections = max(1, max_connections)
