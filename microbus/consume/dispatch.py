@@ -449,9 +449,7 @@ class SQSMessageDispatcher:
             raise  # the worker stops: see FatalError
         except BaseException as exc:  # SystemExit or CancelledError from a handler must not end the worker thread
             return _result(message, Outcome.FAILED, reason="handler-error", error=exc)
-        outcome = _SKIPPED if response is False else _SUCCEEDED
-        receive_count = message.approximate_receive_count
-        return Result(outcome, message.media_type, message.message_id, receive_count, response=response)
+        return _result(message, _SKIPPED if response is False else _SUCCEEDED, response=response)
 
     def _call(self, handler: Handler | None, message: SQSMessage) -> Any:
         assert handler is not None and message.content is not None

@@ -8,6 +8,7 @@ from typing import Any
 
 from microbus.errors import MalformedBodyError
 from microbus.wire.codecs import parse_json_object
+from microbus.wire.frozen import frozen_value
 
 
 @dataclass(frozen=True)
@@ -31,39 +32,20 @@ def unwrap(body: str) -> Unwrapped:
     """
     outer = parse_json_object(body)
     if not (outer.get("Type") == "Notification" and "TopicArn" in outer and "Message" in outer):
-        return _unwrapped(outer, None, None, None, {})
+        return frozen_value(
+            Unwrapped, message=outer, topic_arn=None, sns_message_id=None, published_at=None, attributes={}
+        )
     inner = outer["Message"]
     if not isinstance(inner, str):
         raise MalformedBodyError("SNS envelope's Message is not a string")
-    return _unwrapped(
-        parse_json_object(inner),
-        outer.get("TopicArn"),
-        outer.get("MessageId"),
-        _timestamp(outer.get("Timestamp")),
-        _string_attributes(outer.get("MessageAttributes")),
+    return frozen_value(
+        Unwrapped,
+        message=parse_json_object(inner),
+        topic_arn=outer.get("TopicArn"),
+        sns_message_id=outer.get("MessageId"),
+        published_at=_timestamp(outer.get("Timestamp")),
+        attributes=_string_attributes(outer.get("MessageAttributes")),
     )
-
-
-def _unwrapped(
-    message: dict[str, Any],
-    topic_arn: str | None,
-    sns_message_id: str | None,
-    published_at: float | None,
-    attributes: dict[str, str],
-) -> Unwrapped:
-    """``Unwrapped(...)``, the same immutable value, set field by field in its ``__dict__`` (a frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__``: 1–2 µs of every message's decoding)."""
-    unwrapped = _new(Unwrapped)
-    values = unwrapped.__dict__
-    values["message"] = message
-    values["topic_arn"] = topic_arn
-    values["sns_message_id"] = sns_message_id
-    values["published_at"] = published_at
-    values["attributes"] = attributes
-    return unwrapped
-
-
-_new = object.__new__
 
 
 def _timestamp(value: Any) -> float | None:

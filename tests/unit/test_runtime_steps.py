@@ -17,6 +17,7 @@ from microbus.consume.lifecycle import LifecycleEvent, Observers
 from microbus.consume.threads import DaemonThreadPool
 from microbus.testing import StubQueue, wait_for
 from microbus.wire.delivery import DELIVER_AT_KEY, format_due
+from tests.unit.test_lifecycle_events import run
 
 
 class Kinds:
@@ -77,12 +78,7 @@ def test_a_worker_without_a_started_observer_still_gives_started_to_one_added_la
     worker = worker_for(queue, lambda content: None, concurrency=2)
     started = Kinds(frozenset({EventKind.STARTED}))
     worker.observers.add(started)
-    worker.start()
-    try:
-        wait_for(lambda: worker.stats.settled == 30, timeout_s=10, what="30 messages settled")
-    finally:
-        worker.stop()
-        worker.join()
+    run(worker, lambda: worker.stats.settled == 30, what="30 messages settled")
     assert started.seen == [EventKind.STARTED] * 30
     assert worker.stats.received == 30 and worker.stats.handled == 30 and worker.held == 0
 
