@@ -633,6 +633,7 @@ def _traceback(result: Result) -> tuple[type[BaseException], BaseException, Any]
 @defaults(
     backoff_base_s=1.0,
     backoff_max_s=300.0,
+    backoff_jitter=True,
     max_attempts=None,
     skip_unknown_media_types=False,
     delete_undeliverable=False,
@@ -649,6 +650,7 @@ def configure_sqs_message_dispatcher(graph: ObjectGraph) -> SQSMessageDispatcher
         retry_policy=RetryPolicy(
             base_s=float(config.backoff_base_s),
             max_s=float(config.backoff_max_s),
+            jitter=_truthy(config.backoff_jitter),
             max_attempts=int(config.max_attempts) if config.max_attempts else None,
         ),
         source=graph.metadata.name,

@@ -71,6 +71,7 @@ def test_the_emulator_keeps_serving_with_its_output_in_a_file_and_no_stdin(tmp_p
     finally:
         if process.poll() is None:
             process.kill()
+        process.wait(10)
 
 
 def test_the_emulator_keeps_serving_with_a_terminal_as_stdin_and_a_pipe_as_stdout():
@@ -159,15 +160,20 @@ def test_the_emulator_started_with_an_ampersand_in_an_interactive_shell_keeps_se
 def test_port_pid_file_and_endpoint_file_for_scripts(tmp_path):
     port = free_port()
     pid_file, endpoint_file = tmp_path / "emulator.pid", tmp_path / "emulator.url"
-    process = subprocess.Popen(
-        [MICROBUS, "emulator", "--no-topology", "--port", str(port), "--pid-file", str(pid_file)]
-        + ["--endpoint-file", str(endpoint_file)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [MICROBUS, "emulator", "--no-topology", "--port", str(port), "--pid-file", str(pid_file)]
+            + ["--endpoint-file", str(endpoint_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     try:
-        url = wait_for(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout_s=30)
+        try:  # ~2 s on a quiet machine; 60 s for one running three test suites and LocalStack on two cores
+            url = wait_for(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout_s=60)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the emulator's stderr: {stderr.read_text()[-2000:]!r}") from exc
         assert url == f"http://127.0.0.1:{port}"
         assert answers(url)  # the endpoint file appears once the emulator is ready
         assert int(pid_file.read_text()) == process.pid
@@ -176,6 +182,7 @@ def test_port_pid_file_and_endpoint_file_for_scripts(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+        process.wait(10)  # reaped here, not by the garbage collector in a later test
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path):

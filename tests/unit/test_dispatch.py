@@ -7,6 +7,7 @@ import time
 
 import pytest
 from microbus.reference.schemas import OrderPlaced
+from microcosm.api import create_object_graph, load_from_dict
 
 from microbus import IgnoreMessage, Nack, Outcome, SkipMessage
 from microbus.consume.consumer import SQSConsumer
@@ -159,3 +160,16 @@ def test_backoff_grows_exponentially_and_is_capped():
     assert delays == [2, 4, 8, 16, 30, 30]
     assert compute_backoff(attempt=3, base_s=2, max_s=30, rand=lambda: 0.5) == 4
     assert compute_backoff(attempt=1, base_s=2, max_s=30, rand=lambda: 0.0) == 1
+
+
+@pytest.mark.parametrize(("jitter", "expected"), [(False, False), ("false", False), (True, True)])
+def test_the_backoff_jitter_is_configurable(jitter, expected):
+    config = {
+        "aws": {"endpoint_url": "http://127.0.0.1:9"},  # never called
+        "microbus_sqs_message_dispatcher": {"backoff_base_s": 60, "backoff_max_s": 60, "backoff_jitter": jitter},
+    }
+    graph = create_object_graph("jitter", testing=True, loader=load_from_dict(config))
+    policy = graph.microbus_sqs_message_dispatcher.retry_policy
+    assert policy.jitter is expected
+    if not expected:
+        assert {policy.backoff(1) for _ in range(20)} == {60}
