@@ -96,8 +96,8 @@ class ReceivePermit:
 
 Transition = Callable[[CircuitState, str], None]
 """Called with the new state and a sentence saying why, after each transition, one at a time."""
-_Transition = tuple[CircuitState, str, int]
-"""The new state, why, and the level of its log line."""
+_Transition = tuple[CircuitState, str, int, int]
+"""The new state, why, the level of its log line, and the generation it began."""
 
 
 class CircuitBreaker:
@@ -119,6 +119,8 @@ class CircuitBreaker:
         self._trial_id: str | None = None
         self._lock = threading.Lock()
         self._notify_lock = threading.Lock()
+        self._noticed = 0
+        """The generation of the last transition the worker was told of."""
         self._on_change: Transition | None = None
 
     @property
@@ -165,7 +167,12 @@ class CircuitBreaker:
                 if self.clock() < self._open_until:
                     return None
                 self._state, self._generation = CircuitState.HALF_OPEN, self._generation + 1
-                transition = (CircuitState.HALF_OPEN, "cool-down over: trying one message", logging.INFO)
+                transition = (
+                    CircuitState.HALF_OPEN,
+                    "cool-down over: trying one message",
+                    logging.INFO,
+                    self._generation,
+                )
             elif self._trial_out:
                 return None
             self._trial_out = True
@@ -228,7 +235,7 @@ class CircuitBreaker:
         self._state, self._generation = CircuitState.CLOSED, self._generation + 1
         self._window.clear()
         self._trial_out, self._trial_id = False, None
-        return CircuitState.CLOSED, "the trial message succeeded: receiving resumes", logging.INFO
+        return CircuitState.CLOSED, "the trial message succeeded: receiving resumes", logging.INFO, self._generation
 
     def _open(self, why: str, *, level: int = logging.WARNING) -> _Transition:
         """(Under the lock.) Open for the cool-down."""
@@ -236,12 +243,19 @@ class CircuitBreaker:
         self._open_until = self.clock() + self.settings.cooldown_s
         self._window.clear()
         self._trial_out, self._trial_id = False, None
-        return CircuitState.OPEN, why, level
+        return CircuitState.OPEN, why, level, self._generation
 
-    def _notify(self, state: CircuitState, why: str, level: int) -> None:
-        """Log the transition (one line) and tell the worker, one transition at a time."""
+    def _notify(self, state: CircuitState, why: str, level: int, generation: int) -> None:
+        """Log the transition (one line) and tell the worker, one transition at a time, in their order.
+
+        A transition noticed after a later one was (its thread paused between the two locks) is only logged:
+        telling the worker would undo the later state (an opening after the half-open would return the trial).
+        """
         with self._notify_lock:
             logger.log(level, "Circuit breaker %s: %s", state.value, why)
+            if generation < self._noticed:
+                return
+            self._noticed = generation
             if self._on_change is not None:
                 self._on_change(state, why)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 from click.testing import CliRunner
@@ -120,6 +121,52 @@ def test_an_empty_or_inconclusive_trial_lets_the_next_receive_try(breaker, clock
     breaker.on_event(finished(Outcome.REJECTED, "poison"))
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.permit().limit == 1
+
+
+class _HeldLock:
+    """The breaker's notify lock, held back for the thread that first takes it: the moment between a transition
+    and its notice, stretched."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.waiting = threading.Event()
+        self.go = threading.Event()
+        self._first: int | None = None
+
+    def __enter__(self):
+        if self._first is None:
+            self._first = threading.get_ident()
+        if self._first == threading.get_ident():
+            self.waiting.set()
+            assert self.go.wait(10)
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
+def test_an_opening_noticed_after_the_half_open_does_not_undo_it(breaker, clock):
+    # Given a handler thread whose failure opens the circuit, held between the transition and its notice
+    for _ in range(3):
+        breaker.on_event(finished(Outcome.FAILED))
+    held = breaker._notify_lock = _HeldLock()
+    opener = threading.Thread(target=breaker.on_event, args=(finished(Outcome.FAILED),))
+    opener.start()
+    assert held.waiting.wait(10)
+    assert breaker.state is CircuitState.OPEN
+    # When the cool-down ends and the trial is received before that notice goes out
+    clock.now += 10
+    trial = breaker.permit()
+    assert breaker.admit(trial, ["t-1"])
+    held.go.set()
+    opener.join(10)
+    # Then the late opening does not tell the worker to stop (it would return the trial, and nothing would ever
+    # decide it): the worker's last notice is the breaker's state
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.transitions == [CircuitState.HALF_OPEN]
+    # And the trial still decides
+    breaker.on_event(finished(Outcome.SUCCEEDED, "t-1"))
+    assert breaker.transitions == [CircuitState.HALF_OPEN, CircuitState.CLOSED]
 
 
 @pytest.mark.parametrize(
