@@ -108,7 +108,6 @@ class OpsServer:
             self._server = BoundedThreadingHTTPServer((host, port), _handler(self))
         except OSError as exc:
             raise ConfigurationError(f"Cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="microbus-ops-http", daemon=True)
 
     @property
