@@ -55,7 +55,6 @@ class Scheduler:
                     later = [t for t in self._waiting if t.group == tracked.group]
                     for t in later:
                         self._waiting.remove(t)
-            tracked.advance(MessageState.SETTLING)
             startable = self._pick()
             if not self._running:  # wait_idle's condition
                 self._cond.notify_all()

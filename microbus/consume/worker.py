@@ -555,13 +555,15 @@ class Worker:
             self.observers.emit(
                 tracked.event(EventKind.FINISHED, self._queue_url, outcome=result.outcome, result=result)
             )
-        retried = result.outcome.action is Action.RETRY
-        startable, later = self._scheduler.finished(tracked, retried=retried)
+        tracked.advance(MessageState.SETTLING)
         try:
             self._settle(tracked, result)
         except Exception as exc:  # a bug: the message must not stay held (and extended) for ever
             logger.exception("Unexpected error settling message %r; it will reappear", tracked.message.message_id)
             self._settled([(tracked, EventKind.SETTLE_FAILED, f"settling failed: {exc!r:.200}")])
+        # Only now is the handler no longer running: a shutdown waiting for idle closes the settling after this
+        # message's settle step was handed to it, not before (which gave up a handled message, to be redelivered)
+        startable, later = self._scheduler.finished(tracked, retried=result.outcome.action is Action.RETRY)
         for each in later:  # SQS holds the group back while the failed one is in flight: order holds
             self._release(each)
         return self._start(startable, keep=keep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from microbus.reference.schemas import OrderPlaced
@@ -86,3 +87,39 @@ def test_a_receive_that_returns_after_the_stop_is_released_at_once():
     wait_for(lambda: worker.stats.released == 3, timeout_s=5, what="the late receive to be released")
     assert handled == []
     assert len(StubQueue.receive(queue, max_messages=10, wait_time_seconds=0)) == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_message_whose_handler_ended_before_the_stop_is_deleted_not_given_up():
+    # Given a worker whose handler has returned, stopped at the moment that message is no longer counted as
+    # running but its delete has not yet been handed to the settling (the window the wire-input test hit)
+    queue = StubQueue()
+    queue.put(order(0))
+    handled = []
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: handled.append}))
+    worker = Worker(consumer=queue.consumer(SchemaRegistry()), dispatcher=dispatcher, grace_period_s=10)
+    scheduler_finished = worker._scheduler.finished
+    in_window = threading.Event()
+
+    def finished_then_wait_for_the_close(tracked, *, retried):
+        answer = scheduler_finished(tracked, retried=retried)
+        in_window.set()
+        deadline = time.monotonic() + 2  # the old order: join closes the settling meanwhile; the new: it can't
+        while not worker._settler.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return answer
+
+    worker._scheduler.finished = finished_then_wait_for_the_close
+    worker.start()
+    try:
+        assert in_window.wait(5)
+        # When the worker stops and shuts down
+        worker.stop()
+        worker.join()
+    finally:
+        worker.stop()
+    # Then the handled message was deleted within the grace period, not left to be redelivered and handled twice
+    assert len(handled) == 1
+    wait_for(lambda: worker.stats.settled + worker.stats.settle_failed == 1, timeout_s=5, what="the message's end")
+    assert (worker.stats.settled, worker.stats.settle_failed) == (1, 0)
+    assert queue.depth == 0
