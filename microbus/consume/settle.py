@@ -127,9 +127,16 @@ class Settler:
         """Delete a message (ack)."""
         self._add(_Entry(tracked, Step.DELETE, ends_as))
 
-    def change_visibility(self, tracked: Tracked, seconds: int, ends_as: EventKind = EventKind.SETTLED) -> None:
-        """Make a message visible again after ``seconds`` (a retry), or at once (``RELEASED``)."""
-        self._add(_Entry(tracked, Step.VISIBILITY, ends_as, seconds=seconds))
+    def change_visibility(self, tracked: Tracked, seconds: int) -> None:
+        """Make a message visible again after ``seconds`` (a retry)."""
+        self._add(_Entry(tracked, Step.VISIBILITY, EventKind.SETTLED, seconds=seconds))
+
+    def release(self, tracked: Tracked) -> bool:
+        """Make an unstarted message visible again at once (it ends ``RELEASED``).
+
+        Returns False, doing and reporting nothing, once the settling is closed: the caller returns it itself.
+        """
+        return self._add(_Entry(tracked, Step.VISIBILITY, EventKind.RELEASED), report_refusal=False)
 
     def dead_letter(self, tracked: Tracked, copy: OutgoingMessage) -> None:
         """Send ``copy`` to the dead-letter queue, then delete the original."""
@@ -165,24 +172,29 @@ class Settler:
             logger.warning("%d messages not settled by the shutdown deadline; they will be redelivered", left)
         return left
 
-    def _add(self, entry: _Entry) -> None:
-        if self._closing:  # finished after the shutdown's deadline (e.g. a handler cancelled at shutdown)
-            self.done([(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")])
-            return
+    def _add(self, entry: _Entry, *, report_refusal: bool = True) -> bool:
+        """Queue an entry; False once the settling is closed (then it ends SETTLE_FAILED if ``report_refusal``)."""
         batch: list[_Entry] = []
         with self._cond:
-            self._live.add(entry)
-            pending = self._pending[entry.step]
-            pending.append(entry)
-            if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
-                batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
-                self._in_flight += bool(batch)
-            if len(pending) >= MAX_BATCH and not batch:  # waits for a slot: the flusher sends it when one frees
-                self._cond.notify_all()
-            elif len(pending) == 1 and self._wake_at > entry.queued_at + self.max_delay_s:  # starts a timer
-                self._cond.notify_all()
+            closing = self._closing  # under the lock: an entry added after close's sweep would never end
+            if not closing:
+                self._live.add(entry)
+                pending = self._pending[entry.step]
+                pending.append(entry)
+                if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
+                    batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
+                    self._in_flight += bool(batch)
+                if len(pending) >= MAX_BATCH and not batch:  # waits for a slot: the flusher sends it when one frees
+                    self._cond.notify_all()
+                elif len(pending) == 1 and self._wake_at > entry.queued_at + self.max_delay_s:  # starts a timer
+                    self._cond.notify_all()
+        if closing:  # finished after the shutdown's deadline (e.g. a handler cancelled at shutdown)
+            if report_refusal:
+                self.done([(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")])
+            return False
         if batch:
             self._submit([(entry.step, batch)])
+        return True
 
     def _step(self) -> None:
         """One round of the flusher: take the batches that are ready and hand them to the pool."""

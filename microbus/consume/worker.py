@@ -599,9 +599,7 @@ class Worker:
     def _release(self, tracked: Tracked) -> None:
         """Return a received, unstarted message to the queue at once (visibility 0)."""
         tracked.advance(MessageState.SETTLING)
-        settler = self._settler
-        if settler is not None and not settler.closed:
-            settler.change_visibility(tracked, 0, EventKind.RELEASED)
+        if self._settler is not None and self._settler.release(tracked):
             return
         try:  # after the shutdown's settling: return it directly
             failures = self.consumer.transport.change_visibility_entries([(tracked.message.receipt_handle, 0)])

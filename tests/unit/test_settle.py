@@ -234,3 +234,41 @@ def test_deletes_from_many_threads_with_slow_calls_all_settle_once_and_lone_ones
         assert time.monotonic() - asked < 0.5
     assert s.close(1.0) == 0 and outcomes.calls == 403
     supervisor.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_delete_that_races_the_close_still_ends():
+    # Given a settler whose lock a delete waits for while the settling closes and its flusher stops
+    class Announcing:
+        """The settler's condition, telling when the deleting thread is about to take it."""
+
+        def __init__(self, cond):
+            self.cond, self.entering = cond, threading.Event()
+
+        def __enter__(self):
+            if threading.current_thread().name == "deleting":
+                self.entering.set()
+            return self.cond.__enter__()
+
+        def __exit__(self, *exc):
+            return self.cond.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.cond, name)
+
+    queue, outcomes = StubQueue(), Outcomes()
+    (tracked,) = held(queue, 1)
+    s, supervisor = settler(queue, outcomes)
+    supervisor.stop()  # the flusher is gone too, as after a worker's join: nothing else would end a late entry
+    s._cond = announcing = Announcing(s._cond)
+    with announcing.cond:
+        deleting = threading.Thread(target=s.delete, args=(tracked,), name="deleting", daemon=True)
+        deleting.start()
+        assert announcing.entering.wait(5)
+        # When the settling closes before the delete gets the lock
+        s.close(0.1)
+    deleting.join(5)
+    # Then the delete ends anyway, as given up (not left live for ever, never reported)
+    wait_for(lambda: outcomes.done, timeout_s=2, what="the delete to end")
+    ended = outcomes.done[tracked.message.message_id]
+    assert ended == (EventKind.SETTLE_FAILED, "finished after the shutdown deadline")
