@@ -114,8 +114,8 @@ def test_failures_open_the_circuit_and_a_trial_message_closes_it(make_queue, tmp
         wait_for(lambda: events.of(EventKind.CIRCUIT_OPENED), timeout_s=20, what="the circuit to open")
         # Then the worker is not crashed, but reports the open circuit
         assert worker.circuit_open and worker.healthy
-        # And what it held went back unstarted, and receiving stopped: every message is visible in the queue
-        wait_for(lambda: events.of(EventKind.RELEASED), what="the held messages released")
+        # And what it held went back unstarted (if any still waited: handlers that finish at once may have started
+        # them all before the worker heard of the opening), and receiving stopped: every message is visible
         wait_for(lambda: visible(queue) == 10, timeout_s=10, what="all 10 messages visible while open")
         assert breaker.state is CircuitState.OPEN
         assert sum(1 for state, _ in receives if state is CircuitState.OPEN) <= worker.receivers  # in flight at opening
