@@ -252,12 +252,13 @@ class CircuitBreaker:
         telling the worker would undo the later state (an opening after the half-open would return the trial).
         """
         with self._notify_lock:
-            logger.log(level, "Circuit breaker %s: %s", state.value, why)
-            if generation < self._noticed:
-                return
-            self._noticed = generation
-            if self._on_change is not None:
-                self._on_change(state, why)
+            try:
+                if generation >= self._noticed:
+                    self._noticed = generation
+                    if self._on_change is not None:  # first: the worker stops starting messages before the log
+                        self._on_change(state, why)  # line is written (a slow handler let every held one start)
+            finally:
+                logger.log(level, "Circuit breaker %s: %s", state.value, why)
 
 
 def circuit_breaker_from_config(

@@ -3,6 +3,7 @@ back messages that are returned unstarted, and a worker stopped while the circui
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -86,3 +87,46 @@ def test_a_worker_stopped_while_the_circuit_is_open_shuts_down_at_once():
     assert time.monotonic() - started < 5
     assert worker.stats.outcomes[Outcome.FAILED.label] == 2
     assert worker.stats.released == 8
+
+
+@pytest.mark.timeout(60)
+def test_the_worker_stops_starting_messages_when_the_circuit_opens_not_after_its_log_line():
+    # Given handlers that fail at once, and a log handler that is slow to write the circuit's opening
+    class SlowOpeningLine(logging.Handler):
+        def emit(self, record):
+            if "open" in record.getMessage():
+                time.sleep(0.5)
+
+    queue = StubQueue()
+    for i in range(20):
+        queue.put(order(i))
+    calls = []
+
+    def failing(content):
+        calls.append(content["order_id"])
+        raise ConnectionError("downstream is down")
+
+    breaker = CircuitBreaker(CircuitBreakerSettings(window=2, cooldown_s=60))
+    dispatcher = SQSMessageDispatcher(handler_registry=HandlerRegistry({OrderPlaced.MEDIA_TYPE: failing}))
+    breaker_logger = logging.getLogger("microbus.consume.breaker")
+    slow = SlowOpeningLine()
+    breaker_logger.addHandler(slow)
+    worker = Worker(
+        consumer=queue.consumer(SchemaRegistry()),
+        dispatcher=dispatcher,
+        concurrency=2,
+        prefetch=20,
+        circuit_breaker=breaker,
+    )
+    worker.start()
+    try:
+        # When the second failure opens the circuit
+        wait_for(lambda: worker.circuit_open, timeout_s=10, what="the circuit to open")
+        # Then only the messages already running when it opened ran: the rest went back unstarted
+        wait_for(lambda: worker.stats.in_flight == 0, timeout_s=10, what="every message settled or released")
+        assert len(calls) <= 2 + 2 * 2, calls
+        assert worker.stats.released >= 20 - len(calls)
+    finally:
+        breaker_logger.removeHandler(slow)
+        worker.stop()
+        worker.join()
