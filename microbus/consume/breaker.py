@@ -246,17 +246,18 @@ class CircuitBreaker:
         return CircuitState.OPEN, why, level, self._generation
 
     def _notify(self, state: CircuitState, why: str, level: int, generation: int) -> None:
-        """Log the transition (one line) and tell the worker, one transition at a time, in their order.
+        """Tell the worker of the transition, then log it (one line), one transition at a time, in their order.
 
-        A transition noticed after a later one was (its thread paused between the two locks) is only logged:
-        telling the worker would undo the later state (an opening after the half-open would return the trial).
+        The worker first: it stops starting messages before the line is written (a slow log handler let every held
+        one start). A transition noticed after a later one was (its thread paused between the two locks) is only
+        logged: telling the worker would undo the later state (an opening after the half-open would return the trial).
         """
         with self._notify_lock:
+            current = generation >= self._noticed
+            self._noticed = max(self._noticed, generation)
             try:
-                if generation >= self._noticed:
-                    self._noticed = generation
-                    if self._on_change is not None:  # first: the worker stops starting messages before the log
-                        self._on_change(state, why)  # line is written (a slow handler let every held one start)
+                if current and self._on_change is not None:
+                    self._on_change(state, why)
             finally:
                 logger.log(level, "Circuit breaker %s: %s", state.value, why)
 

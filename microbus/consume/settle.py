@@ -118,11 +118,6 @@ class Settler:
         self._pool = DaemonThreadPool(self.max_in_flight, name="microbus-settle")
         supervisor.start("settling", self._step)
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called: nothing new is settled here."""
-        return self._closing
-
     def delete(self, tracked: Tracked, ends_as: EventKind = EventKind.SETTLED) -> None:
         """Delete a message (ack)."""
         self._add(_Entry(tracked, Step.DELETE, ends_as))
@@ -174,20 +169,9 @@ class Settler:
 
     def _add(self, entry: _Entry, *, report_refusal: bool = True) -> bool:
         """Queue an entry; False once the settling is closed (then it ends SETTLE_FAILED if ``report_refusal``)."""
-        batch: list[_Entry] = []
         with self._cond:
             closing = self._closing  # under the lock: an entry added after close's sweep would never end
-            if not closing:
-                self._live.add(entry)
-                pending = self._pending[entry.step]
-                pending.append(entry)
-                if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
-                    batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
-                    self._in_flight += bool(batch)
-                if len(pending) >= MAX_BATCH and not batch:  # waits for a slot: the flusher sends it when one frees
-                    self._cond.notify_all()
-                elif len(pending) == 1 and self._wake_at > entry.queued_at + self.max_delay_s:  # starts a timer
-                    self._cond.notify_all()
+            batch = [] if closing else self._queue(entry)
         if closing:  # finished after the shutdown's deadline (e.g. a handler cancelled at shutdown)
             if report_refusal:
                 self.done([(entry.tracked, EventKind.SETTLE_FAILED, "finished after the shutdown deadline")])
@@ -195,6 +179,21 @@ class Settler:
         if batch:
             self._submit([(entry.step, batch)])
         return True
+
+    def _queue(self, entry: _Entry) -> list[_Entry]:
+        """(Under the lock.) Make ``entry`` live and pending; return a full batch to send from the calling thread."""
+        self._live.add(entry)
+        pending = self._pending[entry.step]
+        pending.append(entry)
+        batch: list[_Entry] = []
+        if len(pending) >= MAX_BATCH and self._in_flight < self.max_in_flight:
+            batch = self._cut(entry.step, pending)  # a full batch goes out from here, not via the flusher
+            self._in_flight += bool(batch)
+        if len(pending) >= MAX_BATCH and not batch:  # waits for a slot: the flusher sends it when one frees
+            self._cond.notify_all()
+        elif len(pending) == 1 and self._wake_at > entry.queued_at + self.max_delay_s:  # starts a timer
+            self._cond.notify_all()
+        return batch
 
     def _step(self) -> None:
         """One round of the flusher: take the batches that are ready and hand them to the pool."""

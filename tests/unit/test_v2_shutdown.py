@@ -105,7 +105,7 @@ def test_a_message_whose_handler_ended_before_the_stop_is_deleted_not_given_up()
         answer = scheduler_finished(tracked, retried=retried)
         in_window.set()
         deadline = time.monotonic() + 2  # the old order: join closes the settling meanwhile; the new: it can't
-        while not worker._settler.closed and time.monotonic() < deadline:
+        while not worker._settler._closing and time.monotonic() < deadline:
             time.sleep(0.01)
         return answer
 
