@@ -152,6 +152,8 @@ class Worker:
         self._loop_thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped_loop = False
+        self._loop_ended = False
+        """The event loop's thread has ended (a crash unless ``_stopped_loop``): not merely not started yet."""
         self.fatal_error: FatalError | None = None
         """The fatal error that stopped the worker, if one did."""
 
@@ -171,7 +173,7 @@ class Worker:
     def activities_down(self) -> set[str]:
         """The background activities that are down (failed and waiting to be restarted)."""
         down = set(self._supervisor.down) if self._supervisor is not None else set()
-        if self._loop_thread is not None and not self._loop_thread.is_alive() and not self._stopped_loop:
+        if self._loop_ended and not self._stopped_loop:
             down.add("scheduler")
         return down
 
@@ -442,8 +444,8 @@ class Worker:
         """The event loop of async handlers, until the shutdown; then cancelled handlers finish their cleanup."""
         loop = self._loop
         assert loop is not None
-        asyncio.set_event_loop(loop)
         try:
+            asyncio.set_event_loop(loop)
             while not self._stopped_loop:
                 try:
                     loop.run_forever()
@@ -455,6 +457,7 @@ class Worker:
         except BaseException:  # noqa: B036 - the thread must end cleanly whatever happens
             logger.exception("The worker's event loop failed")
         finally:
+            self._loop_ended = True
             loop.close()
 
     def _call_soon(self, callback: Callable[..., object], *args: object) -> bool:

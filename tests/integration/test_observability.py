@@ -310,16 +310,17 @@ def test_metrics_health_and_ready_are_served_and_health_fails_during_the_shutdow
 
 
 def test_health_fails_while_an_activity_is_down_and_counts_the_restart(microbus_queue, run_daemon):
-    # Given a healthy daemon serving its health
+    # Given a healthy daemon serving its health, its worker started (/health answers before that)
     daemon = run_daemon("--metrics-port", "0")
     url = endpoint_of(daemon)
-    wait_for(lambda: get(url + "/health")[0] == 200, timeout_s=10, what="healthy")
+    wait_for(lambda: get(url + "/ready")[0] == 200, timeout_s=10, what="ready")
+    assert get(url + "/health")[0] == 200
     # When its queue disappears, so that receiving fails
     microbus_queue.sqs.delete_queue(QueueUrl=microbus_queue.queue_url)
     # Then /health answers 503 naming the activity, and the restart is counted
     wait_for(lambda: get(url + "/health")[0] == 503, timeout_s=20, what="503 while receiving is down")
     report = json.loads(get(url + "/health")[2])
-    assert any("activity receiving is down" in problem for problem in report["problems"]), report
+    assert any("activity receiving is down" in problem for problem in report["problems"]), (report, daemon.stderr)
     assert report["workers"][0]["activities_down"] == ["receiving"]
     queue = microbus_queue.queue_url.rsplit("/", 1)[-1]
     labels = frozenset({("daemon", "observe-test"), ("queue", queue), ("activity", "receiving")})

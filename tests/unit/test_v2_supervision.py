@@ -185,3 +185,53 @@ def test_an_unexpected_error_while_deleting_is_logged_and_the_deletes_are_retrie
     # And the error was logged as a warning (or worse) with its traceback
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info and r.exc_info[0]]
     assert any(issubclass(r.exc_info[0], RuntimeError) for r in logged), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.timeout(30)
+def test_the_worker_is_not_reported_unhealthy_while_its_scheduler_thread_is_starting(monkeypatch):
+    # Given a worker whose health is read while its event loop's thread is being started (slow under CPU load: a
+    # thread is not alive until it has run)
+    seen = []
+    worker = Worker(
+        consumer=StubQueue().consumer(SchemaRegistry()),
+        dispatcher=SQSMessageDispatcher(handler_registry=HandlerRegistry({})),
+    )
+
+    class Watched(threading.Thread):
+        def start(self):
+            if self.name == "microbus-scheduler":
+                seen.append(worker.activities_down)
+            super().start()
+
+    monkeypatch.setattr("microbus.consume.worker.threading.Thread", Watched)
+    # When it starts
+    worker.start()
+    try:
+        # Then nothing is reported down then, nor once it runs
+        assert seen == [set()]
+        assert worker.healthy
+    finally:
+        worker.stop()
+        worker.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_whose_event_loop_thread_crashed_reports_its_scheduler_down(monkeypatch):
+    # Given an event loop that cannot be set up in its thread
+    def broken(loop):
+        raise RuntimeError("no loop here")
+
+    monkeypatch.setattr("microbus.consume.worker.asyncio.set_event_loop", broken)
+    worker = Worker(
+        consumer=StubQueue().consumer(SchemaRegistry()),
+        dispatcher=SQSMessageDispatcher(handler_registry=HandlerRegistry({})),
+    )
+    # When it starts
+    worker.start()
+    try:
+        # Then the crash is reported: the worker is unhealthy, its scheduler down
+        wait_for(lambda: "scheduler" in worker.activities_down, timeout_s=5, what="the scheduler reported down")
+        assert not worker.healthy
+    finally:
+        worker.stop()
+        worker.join()
